@@ -1,0 +1,84 @@
+"""The `roomd` command: `roomd serve` runs the daemon, `roomd token` mints a token."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import trio
+
+from roomd import __version__
+from roomd.auth import load_token_secret, mint_token
+from roomd.config import Config, add_arguments, from_sources
+from roomd.errors import ConfigError, ProtocolError
+from roomd.server import Server
+
+DEFAULT_TOKEN_TTL = 24 * 3600
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the parser of every `roomd` subcommand."""
+    parser = argparse.ArgumentParser(prog="roomd", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"roomd {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the relay daemon")
+    add_arguments(serve)
+    serve.add_argument(
+        "--log-level", default=os.environ.get("ROOMD_LOG_LEVEL", "INFO"), help="[ROOMD_LOG_LEVEL]"
+    )
+    token = commands.add_parser("token", help="print a token for an AID")
+    token.add_argument("aid", help="the identity the token proves")
+    token.add_argument("--ttl", type=int, default=DEFAULT_TOKEN_TTL, help="seconds it is valid")
+    token.add_argument("--data-dir", type=Path, default=None, help="[ROOMD_DATA_DIR]")
+    return parser
+
+
+async def serve(config: Config) -> None:
+    """Run the daemon until SIGINT or SIGTERM, then shut down gracefully."""
+    server = Server.from_config(config)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(server.run)
+            scheme = "wss" if config.tls else "ws"
+            print(f"listening {scheme}://{config.host}:{port}/v1", flush=True)
+
+            async def stop_on_signal() -> None:
+                async for signum in signals:
+                    logging.getLogger("roomd.cli").info("signal %d: stopping", signum)
+                    server.shutdown()
+                    return
+
+            nursery.start_soon(stop_on_signal)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run `roomd` with `argv` (default: the process arguments)."""
+    args = build_parser().parse_args(argv)
+    if args.command == "token":
+        data_dir = args.data_dir or Path(os.environ.get("ROOMD_DATA_DIR", "roomd-data"))
+        try:
+            token, _ = mint_token(
+                load_token_secret(data_dir), args.aid, now=time.time(), ttl=args.ttl
+            )
+        except ProtocolError as exc:
+            sys.exit(f"roomd token: {exc.message}")
+        print(token)
+        return
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    try:
+        config = from_sources(args)
+        trio.run(serve, config)
+    except ConfigError as exc:
+        sys.exit(f"roomd serve: {exc}")
+    except OSError as exc:
+        sys.exit(f"roomd serve: {exc}")

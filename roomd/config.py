@@ -1,0 +1,145 @@
+"""Settings of `roomd serve`: flags, then `ROOMD_*` variables, then defaults."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from roomd.admission import Network, parse_networks
+from roomd.errors import ConfigError
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    """Every setting of a running roomd; defaults are PROTOCOL.md's."""
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    data_dir: Path = Path("roomd-data")
+    max_conns_per_ip: int = 5
+    trusted_proxies: tuple[Network, ...] = ()
+    allowed_origins: frozenset[str] = frozenset()
+    rate: float = 10.0
+    burst: float = 30.0
+    auth_timeout: float = 10.0
+    heartbeat_interval: float = 25.0
+    heartbeat_timeout: float = 60.0
+    room_ttl: float = 24 * 3600.0
+    max_members: int = 256
+    max_rooms_per_conn: int = 32
+    max_frame: int = 128 * 1024
+    send_queue: int = 1024
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # How long shutdown waits for clients to answer close 1001 before it hangs up.
+    close_timeout: float = 2.0
+
+    @property
+    def tls(self) -> bool:
+        """True when the listener speaks wss (a certificate and key are set)."""
+        return self.tls_cert is not None
+
+
+# (name, type, help). The flag is --name-with-dashes; the variable ROOMD_NAME.
+SETTINGS: tuple[tuple[str, type, str], ...] = (
+    ("host", str, "address to listen on"),
+    ("port", int, "WebSocket port (0 = a free port)"),
+    ("data_dir", Path, "directory for the token secret and the room store"),
+    ("max_conns_per_ip", int, "open connections per client IP (0 = no limit)"),
+    ("rate", float, "messages per second a connection's bucket drains"),
+    ("burst", float, "size of a connection's leaky bucket"),
+    ("auth_timeout", float, "seconds a new connection has to authenticate"),
+    ("heartbeat_interval", float, "seconds between server pings"),
+    ("heartbeat_timeout", float, "seconds of silence before close 4002"),
+    ("room_ttl", float, "seconds an empty room lives"),
+    ("max_members", int, "AIDs per room"),
+    ("max_rooms_per_conn", int, "rooms one connection may be in"),
+    ("max_frame", int, "largest client frame in bytes (larger: close 1009)"),
+    ("send_queue", int, "outbound messages queued per connection before close 4003"),
+    ("tls_cert", Path, "PEM certificate chain: serve wss"),
+    ("tls_key", Path, "PEM private key of --tls-cert"),
+)
+# (flag name, variable, help) of the repeatable flags; the variable is comma-separated.
+REPEATABLE: tuple[tuple[str, str, str], ...] = (
+    (
+        "trusted_proxy",
+        "ROOMD_TRUSTED_PROXIES",
+        "CIDR of a reverse proxy whose X-Forwarded-For is believed",
+    ),
+    ("allowed_origin", "ROOMD_ALLOWED_ORIGINS", "an Origin allowed to connect (none given: any)"),
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add a flag for every setting; unset flags stay None so the environment can fill in."""
+    for name, kind, help_text in SETTINGS:
+        default = attrs.fields_dict(Config)[name].default
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            type=kind,
+            default=None,
+            help=f"{help_text} [ROOMD_{name.upper()}, default {default}]",
+        )
+    for name, variable, help_text in REPEATABLE:
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            action="append",
+            default=None,
+            help=f"{help_text}; repeatable [{variable}, comma-separated]",
+        )
+
+
+def from_sources(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> Config:
+    """Return the config from parsed flags, then `env`, then defaults; raise `ConfigError`."""
+    values: dict[str, Any] = {}
+    for name, kind, _ in SETTINGS:
+        value = getattr(args, name, None)
+        if value is None and f"ROOMD_{name.upper()}" in env:
+            raw = env[f"ROOMD_{name.upper()}"]
+            try:
+                value = kind(raw)
+            except ValueError:
+                raise ConfigError(
+                    f"ROOMD_{name.upper()}={raw!r} is not a {kind.__name__}"
+                ) from None
+        if value is not None:
+            values[name] = value
+    proxies = _list(getattr(args, "trusted_proxy", None), env.get("ROOMD_TRUSTED_PROXIES"))
+    origins = _list(getattr(args, "allowed_origin", None), env.get("ROOMD_ALLOWED_ORIGINS"))
+    try:
+        values["trusted_proxies"] = parse_networks(proxies)
+    except ValueError as exc:
+        raise ConfigError(f"bad --trusted-proxy: {exc}") from None
+    values["allowed_origins"] = frozenset(origins)
+    config = Config(**values)
+    validate(config)
+    return config
+
+
+def _list(flags: Sequence[str] | None, variable: str | None) -> list[str]:
+    if flags:
+        return list(flags)
+    return [item.strip() for item in (variable or "").split(",") if item.strip()]
+
+
+def validate(config: Config) -> None:
+    """Raise `ConfigError` naming the first setting that is out of range."""
+    positive = ("rate", "burst", "auth_timeout", "heartbeat_interval", "heartbeat_timeout")
+    for name in (*positive, "room_ttl", "max_members", "max_rooms_per_conn", "send_queue"):
+        if getattr(config, name) <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+    if config.max_frame < 1024:
+        raise ConfigError("--max-frame must be at least 1024 bytes")
+    if config.max_conns_per_ip < 0:
+        raise ConfigError("--max-conns-per-ip must be 0 (no limit) or positive")
+    if not 0 <= config.port <= 65535:
+        raise ConfigError("--port must be within 0..65535")
+    if (config.tls_cert is None) != (config.tls_key is None):
+        raise ConfigError("--tls-cert and --tls-key go together")

@@ -1,0 +1,429 @@
+"""One client connection, from the WebSocket handshake to the close frame.
+
+Each accepted connection runs a task group of two tasks:
+
+- the reader: bytes -> wsproto events -> frames -> bucket -> decode -> dispatch.
+  It also keeps the connection's timers (`ConnectionDeadlines`): it sleeps in
+  `receive_some` no longer than the next deadline, then sends a ping or closes
+  with 4001 (auth timeout), 4002 (heartbeat timeout) or 4005 (token expired);
+- the writer: the only task that writes to the socket after the handshake. It
+  takes every frame queued in the outbox and writes them with one `send_all`.
+
+DESIGN.md draws a third task for the heartbeat; folding its timers into the
+reader's receive deadline keeps each idle connection one task smaller.
+
+Closing: whoever decides to close calls `Session.close(code)`, which stops
+deliveries, closes the outbox and cancels the reader. The connection task then
+lets the writer finish what is queued (bounded by `close_timeout`), sends the
+close frame, waits (bounded) for the peer's, and leaves every room.
+
+Resource handling: the admission slot of the client IP is released, and every
+room this connection was in gets a `Disconnect`, however the connection ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    RejectConnection,
+    RejectData,
+    Request,
+    TextMessage,
+)
+from wsproto.utilities import RemoteProtocolError
+
+from roomd import PROTOCOL_NAME
+from roomd import message as m
+from roomd.admission import client_ip
+from roomd.auth import verify_token
+from roomd.bucket import LeakyBucket, Verdict
+from roomd.codec import JSON, choose_codec, decode_frame
+from roomd.deadline import ConnectionDeadlines
+from roomd.errors import CloseCode, ErrorCode, ProtocolError
+from roomd.rooms import Act, Command, Disconnect, Join, RoomHandle
+from roomd.session import Session
+
+if TYPE_CHECKING:
+    from roomd.server import Server
+
+log = logging.getLogger("roomd.connection")
+
+RECEIVE_SIZE = 64 * 1024
+REJECT_REASONS = {
+    400: b"bad websocket handshake\n",
+    403: b"origin not allowed\n",
+    404: b"no such endpoint; use /v1\n",
+    429: b"too many connections from this address\n",
+    503: b"server is shutting down\n",
+}
+
+
+async def serve_connection(server: Server, stream: trio.abc.Stream, peer_ip: str) -> None:
+    """Serve one client stream until it closes; never raises for the peer's misdeeds.
+
+    Resource handling: `stream` is closed on return.
+    """
+    conn_id = server.next_conn_id()
+    ws = WSConnection(ConnectionType.SERVER)
+    try:
+        request = None
+        with trio.move_on_after(server.config.auth_timeout):
+            request = await _read_handshake(stream, ws)
+        if request is None:
+            return
+        headers = [(name.lower(), value.decode("latin-1")) for name, value in request.extra_headers]
+        forwarded = [value for name, value in headers if name == b"x-forwarded-for"]
+        origin = next((value for name, value in headers if name == b"origin"), None)
+        ip = client_ip(peer_ip, forwarded, server.config.trusted_proxies)
+        status = server.admission.check(request.target, origin, ip)
+        if status is not None:
+            log.info("conn %d rejected: HTTP %d ip=%s", conn_id, status, ip)
+            server.rejected(status)
+            await _reject(stream, ws, status)
+            return
+        try:
+            codec = choose_codec(request.subprotocols)
+            accept = AcceptConnection(subprotocol=codec.subprotocol if codec else None)
+            await stream.send_all(ws.send(accept))
+            log.info("conn %d open ip=%s codec=%s", conn_id, ip, (codec or JSON).subprotocol)
+            await Connection(server, stream, ws, conn_id).run(codec or JSON)
+        finally:
+            server.admission.release(ip)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        log.debug("conn %d: transport broke", conn_id)
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+async def _read_handshake(stream: trio.abc.Stream, ws: WSConnection) -> Request | None:
+    """Return the upgrade request, or None after answering a bad one or at EOF."""
+    while True:
+        data = await stream.receive_some(RECEIVE_SIZE)
+        if not data:
+            return None
+        try:
+            ws.receive_data(bytes(data))
+            for event in ws.events():
+                if isinstance(event, Request):
+                    return event
+        except RemoteProtocolError as exc:
+            await _reject(stream, ws, exc.event_hint)
+            return None
+
+
+async def _reject(stream: trio.abc.Stream, ws: WSConnection, status: int | Any) -> None:
+    if isinstance(status, RejectConnection):
+        status = status.status_code
+    body = REJECT_REASONS.get(status, b"rejected\n")
+    headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]
+    reply = ws.send(RejectConnection(status_code=status, headers=headers, has_body=True))
+    reply += ws.send(RejectData(data=body))
+    with trio.move_on_after(2):
+        await stream.send_all(reply)
+
+
+@attrs.define(eq=False)
+class Connection:
+    """The reader, writer and close of one accepted WebSocket connection."""
+
+    server: Server
+    stream: trio.abc.Stream
+    ws: WSConnection
+    conn_id: int
+    session: Session | None = None
+    peer_close: CloseConnection | None = None
+    writer_done: trio.Event = attrs.field(factory=trio.Event)
+    _parts: list[Any] = attrs.field(factory=list)
+    _size: int = 0
+
+    async def run(self, codec: Any) -> None:
+        """Serve the accepted connection until it closes, then leave every room."""
+        config = self.server.config
+        outbox_send, outbox_recv = trio.open_memory_channel[bytes](config.send_queue)
+        session = self.session = Session(self.conn_id, codec, outbox_send, trio.CancelScope())
+        self.server.sessions.add(session)
+        try:
+            session.send(self._hello())
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write, outbox_recv)
+                with session.reader_scope:
+                    await self._read(session)
+                # The first code set wins: ours if we were closing, else the peer's, else
+                # the stream just ended.
+                session.close(self.peer_close.code if self.peer_close else CloseCode.ABNORMAL)
+                with trio.move_on_after(config.close_timeout):
+                    await self.writer_done.wait()
+                nursery.cancel_scope.cancel()
+            await self._close_handshake(session)
+        except Exception:
+            log.exception("conn %d internal error", self.conn_id)
+            session.close(CloseCode.INTERNAL_ERROR)
+        finally:
+            self.server.session_ended(session)
+            reason = (
+                "timeout" if session.close_code == CloseCode.HEARTBEAT_TIMEOUT else "disconnected"
+            )
+            await self._leave_rooms(session, reason)
+            log.info("conn %d closed code=%s", self.conn_id, session.close_code)
+
+    def _hello(self) -> dict[str, Any]:
+        config = self.server.config
+        return {
+            "type": "hello",
+            "protocol": PROTOCOL_NAME,
+            "heartbeatInterval": config.heartbeat_interval,
+            "authTimeout": config.auth_timeout,
+            "limits": {
+                "rate": config.rate,
+                "burst": config.burst,
+                "maxFrame": config.max_frame,
+                "maxMembers": config.max_members,
+                "maxRoomsPerConnection": config.max_rooms_per_conn,
+            },
+        }
+
+    # -- writer ----------------------------------------------------------------
+
+    async def _write(self, outbox_recv: trio.MemoryReceiveChannel[bytes]) -> None:
+        session = self.session
+        assert session is not None
+        try:
+            async for frame in outbox_recv:
+                batch = [frame]
+                while True:
+                    try:
+                        batch.append(outbox_recv.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                await self.stream.send_all(b"".join(batch) if len(batch) > 1 else frame)
+                if session.close_code not in (None, CloseCode.GOING_AWAY, CloseCode.NORMAL):
+                    break  # closing for cause: what is still queued is not worth the wait
+            self.writer_done.set()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            session.close(CloseCode.ABNORMAL)
+
+    # -- close -----------------------------------------------------------------
+
+    async def _close_handshake(self, session: Session) -> None:
+        """Send the close frame (when the writer left the stream whole) and await the peer's."""
+        if session.close_code == CloseCode.ABNORMAL or not self.writer_done.is_set():
+            return
+        if self.ws.state not in (
+            ConnectionState.OPEN,
+            ConnectionState.REMOTE_CLOSING,
+        ):
+            return
+        config = self.server.config
+        if self.peer_close is not None:
+            reply = self.peer_close.response()
+        else:
+            reply = CloseConnection(code=session.close_code or CloseCode.NORMAL)
+        with trio.move_on_after(config.close_timeout):
+            await self.stream.send_all(self.ws.send(reply))
+            if self.peer_close is not None and self.peer_close.code != CloseCode.INVALID_PAYLOAD:
+                return  # we answered the peer's close frame: the handshake is complete
+            while True:  # we spoke first: read until the peer's close frame or EOF
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+                if not data:
+                    return
+                self.ws.receive_data(bytes(data))
+                for event in self.ws.events():
+                    if isinstance(event, CloseConnection):
+                        return
+
+    async def _leave_rooms(self, session: Session, reason: str) -> None:
+        room_ids = session.member_of
+        with trio.CancelScope(shield=True), trio.move_on_after(self.server.config.close_timeout):
+            for room_id in room_ids:
+                handle = self.server.registry.get(room_id)
+                if handle is not None:
+                    with contextlib.suppress(trio.BrokenResourceError):  # the room ended
+                        await handle.inbox_send.send(Disconnect(session, reason))
+
+    # -- reader ----------------------------------------------------------------
+
+    async def _read(self, session: Session) -> None:
+        config = self.server.config
+        deadlines = ConnectionDeadlines.start(
+            trio.current_time(),
+            auth_timeout=config.auth_timeout,
+            heartbeat_interval=config.heartbeat_interval,
+            heartbeat_timeout=config.heartbeat_timeout,
+        )
+        bucket = LeakyBucket(rate=config.rate, burst=config.burst, updated=trio.current_time())
+        while True:
+            with trio.move_on_at(deadlines.next_wakeup()) as wakeup_scope:
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+            now = trio.current_time()
+            if wakeup_scope.cancelled_caught:
+                due = deadlines.due(now)
+                if isinstance(due, CloseCode):
+                    log.info("conn %d closing: %s", self.conn_id, due.name.lower())
+                    self.server.timed_out(due)
+                    session.close(due)
+                    return
+                if due:
+                    session.deliver(self.ws.send(Ping(b"")))
+                continue
+            if not data:
+                return
+            deadlines.heard(now)
+            self.ws.receive_data(bytes(data))
+            for event in self.ws.events():
+                if isinstance(event, TextMessage | BytesMessage):
+                    self._parts.append(event.data)
+                    self._size += len(event.data)
+                    if self._size > config.max_frame:
+                        session.close(CloseCode.MESSAGE_TOO_BIG)
+                        return
+                    if event.message_finished:
+                        payload = self._take_payload()
+                        await self._on_frame(session, payload, bucket, deadlines)
+                elif isinstance(event, Ping):
+                    session.deliver(self.ws.send(event.response()))
+                elif isinstance(event, CloseConnection):
+                    self.peer_close = event
+                    return
+
+    def _take_payload(self) -> str | bytes:
+        parts, self._parts, self._size = self._parts, [], 0
+        if len(parts) == 1:
+            part = parts[0]
+            return part if isinstance(part, str) else bytes(part)
+        if isinstance(parts[0], str):
+            return "".join(parts)
+        return b"".join(parts)
+
+    async def _on_frame(
+        self,
+        session: Session,
+        payload: str | bytes,
+        bucket: LeakyBucket,
+        deadlines: ConnectionDeadlines,
+    ) -> None:
+        """Process one complete client frame: rate, decode, validate, dispatch."""
+        now = trio.current_time()
+        verdict = bucket.offer(now)
+        if verdict is not Verdict.ACCEPT:
+            self.server.rate_limited()
+            if verdict is Verdict.REJECT:
+                error = ProtocolError(
+                    ErrorCode.RATE_LIMITED,
+                    f"rate limit of {self.server.config.rate:g} messages/s exceeded",
+                    retry_after=bucket.retry_after(now),
+                )
+                session.send(error.to_wire())
+            elif verdict is Verdict.ABUSE:
+                log.info("conn %d closing: rate-limit abuse", self.conn_id)
+                session.close(CloseCode.RATE_LIMIT_ABUSE)
+            return
+        fields: object = None
+        try:
+            fields = decode_frame(payload)
+            msg = m.parse_message(fields, text=isinstance(payload, str))
+        except ProtocolError as exc:
+            self._reply_error(session, exc, *m.peek_context(fields))
+            return
+        try:
+            await self._dispatch(session, msg, deadlines)
+        except ProtocolError as exc:
+            self._reply_error(session, exc, msg.id, getattr(msg, "room_id", None))
+
+    def _reply_error(
+        self,
+        session: Session,
+        exc: ProtocolError,
+        request_id: m.RequestId | None,
+        room_id: str | None,
+    ) -> None:
+        event = exc.to_wire()
+        if request_id is not None:
+            event["id"] = request_id
+        if room_id is not None:
+            event["roomId"] = room_id
+        log.debug("conn %d error %s", self.conn_id, exc.code)
+        session.send(event)
+
+    async def _dispatch(
+        self, session: Session, msg: m.Message, deadlines: ConnectionDeadlines
+    ) -> None:
+        """Handle one valid message: auth here, room messages in their room's loop."""
+        if isinstance(msg, m.Auth):
+            self._auth(session, msg, deadlines)
+            return
+        aid = session.aid
+        if aid is None:
+            raise ProtocolError(ErrorCode.UNAUTHENTICATED, "authenticate first: send auth")
+        registry = self.server.registry
+        if isinstance(msg, m.CreateChatroom):
+            self._check_room_quota(session)
+            handle = registry.create(host=aid, encrypted_room_key=msg.encrypted_room_key)
+            await self._join(session, handle, Join(session, aid, msg.public_key, msg.id))
+        elif isinstance(msg, m.JoinChatroom):
+            found = registry.get(msg.room_id)
+            if found is None:
+                raise ProtocolError(ErrorCode.NOT_FOUND, f"no room '{msg.room_id}'")
+            if msg.room_id not in session.member_of:
+                self._check_room_quota(session)
+            await self._join(session, found, Join(session, aid, msg.public_key, msg.id))
+        elif isinstance(msg, m.RoomMessage):
+            found = registry.get(msg.room_id)
+            if found is None or msg.room_id not in session.member_of:
+                raise ProtocolError(ErrorCode.NOT_MEMBER, f"not a member of room '{msg.room_id}'")
+            await self._send_to_room(found, Act(session, msg))
+
+    async def _join(self, session: Session, handle: RoomHandle, command: Join) -> None:
+        session.joining.add(handle.room_id)
+        try:
+            await self._send_to_room(handle, command)
+        except ProtocolError:
+            session.joining.discard(handle.room_id)
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"no room '{handle.room_id}'") from None
+
+    async def _send_to_room(self, handle: RoomHandle, command: Command) -> None:
+        try:
+            await handle.inbox_send.send(command)
+        except trio.BrokenResourceError:
+            raise ProtocolError(
+                ErrorCode.NOT_MEMBER, f"not a member of room '{handle.room_id}'"
+            ) from None
+
+    def _check_room_quota(self, session: Session) -> None:
+        limit = self.server.config.max_rooms_per_conn
+        if len(session.member_of) >= limit:
+            raise ProtocolError(
+                ErrorCode.TOO_MANY_ROOMS, f"this connection is already in {limit} rooms"
+            )
+
+    def _auth(self, session: Session, msg: m.Auth, deadlines: ConnectionDeadlines) -> None:
+        wall = time.time()
+        identity = verify_token(self.server.token_secret, msg.token, now=wall)
+        if session.aid is not None and identity.aid != session.aid:
+            raise ProtocolError(
+                ErrorCode.FORBIDDEN, f"this connection is already authenticated as '{session.aid}'"
+            )
+        token_deadline = trio.current_time() + (identity.expires_at - wall)
+        if session.aid is None:
+            log.info("conn %d auth aid=%s", self.conn_id, identity.aid)
+            session.aid = identity.aid
+        else:
+            # A fresh token extends the session; an older one never shortens it.
+            token_deadline = max(token_deadline, deadlines.token_deadline)
+        deadlines.authenticated(token_deadline)
+        reply: dict[str, Any] = {"type": "authOk", "aid": identity.aid}
+        reply["expiresAt"] = identity.expires_at
+        if msg.id is not None:
+            reply["id"] = msg.id
+        session.send(reply)

@@ -1,0 +1,73 @@
+"""The timers of one connection: auth deadline, heartbeat, pings and token expiry.
+
+Sans-I/O: the connection's reader sleeps until `next_wakeup()` (trio's clock) or
+until bytes arrive, tells this object `heard(now)` about every frame, and on
+waking asks `due(now)` what to do: send a ping, or close with the code returned.
+"""
+
+from __future__ import annotations
+
+import math
+
+import attrs
+
+from roomd.errors import CloseCode
+
+
+@attrs.define(slots=True)
+class ConnectionDeadlines:
+    """Deadlines of one connection, all on the same monotonic clock (seconds)."""
+
+    heartbeat_interval: float
+    heartbeat_timeout: float
+    auth_deadline: float
+    last_heard: float
+    next_ping: float
+    token_deadline: float = math.inf
+
+    @classmethod
+    def start(
+        cls, now: float, *, auth_timeout: float, heartbeat_interval: float, heartbeat_timeout: float
+    ) -> ConnectionDeadlines:
+        """Return the deadlines of a connection accepted at `now`."""
+        return cls(
+            heartbeat_interval=heartbeat_interval,
+            heartbeat_timeout=heartbeat_timeout,
+            auth_deadline=now + auth_timeout,
+            last_heard=now,
+            next_ping=now + heartbeat_interval,
+        )
+
+    def heard(self, now: float) -> None:
+        """Record that something (a frame, a pong) arrived at `now`."""
+        self.last_heard = now
+
+    def authenticated(self, token_deadline: float) -> None:
+        """Stop the auth countdown; close 4005 at `token_deadline`."""
+        self.auth_deadline = math.inf
+        self.token_deadline = token_deadline
+
+    def next_wakeup(self) -> float:
+        """Return the earliest time at which `due` may have something to say."""
+        return min(
+            self.auth_deadline,
+            self.last_heard + self.heartbeat_timeout,
+            self.next_ping,
+            self.token_deadline,
+        )
+
+    def due(self, now: float) -> CloseCode | bool:
+        """Return the close code that is due at `now`, else whether to send a ping.
+
+        A True result has already scheduled the next ping.
+        """
+        if now >= self.auth_deadline:
+            return CloseCode.AUTH_TIMEOUT
+        if now >= self.last_heard + self.heartbeat_timeout:
+            return CloseCode.HEARTBEAT_TIMEOUT
+        if now >= self.token_deadline:
+            return CloseCode.TOKEN_EXPIRED
+        if now >= self.next_ping:
+            self.next_ping = now + self.heartbeat_interval
+            return True
+        return False

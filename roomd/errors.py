@@ -1,0 +1,66 @@
+"""The error hierarchy: protocol error codes and WebSocket close codes."""
+
+from __future__ import annotations
+
+import enum
+
+
+class ErrorCode(enum.StrEnum):
+    """The `code` of an `error` message (PROTOCOL.md section 7)."""
+
+    BAD_REQUEST = "badRequest"
+    UNAUTHENTICATED = "unauthenticated"
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "notFound"
+    NOT_MEMBER = "notMember"
+    ROOM_FULL = "roomFull"
+    TOO_MANY_ROOMS = "tooManyRooms"
+    TOO_LARGE = "tooLarge"
+    RATE_LIMITED = "rateLimited"
+    INTERNAL = "internal"
+
+
+class CloseCode(enum.IntEnum):
+    """The WebSocket close codes roomd sends (PROTOCOL.md section 7)."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    # Recorded when the transport ended without a close frame; never sent.
+    ABNORMAL = 1006
+    INVALID_PAYLOAD = 1007
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    AUTH_TIMEOUT = 4001
+    HEARTBEAT_TIMEOUT = 4002
+    SLOW_CONSUMER = 4003
+    RATE_LIMIT_ABUSE = 4004
+    TOKEN_EXPIRED = 4005
+
+
+class RoomdError(Exception):
+    """Base of every error roomd raises on purpose."""
+
+
+class ProtocolError(RoomdError):
+    """A client message broke a rule; answer it with `error {code, message}`.
+
+    The connection stays open and no state changes: the shell replies with
+    `to_wire()` (plus the request `id` and `roomId` when known) and carries on.
+    """
+
+    def __init__(self, code: ErrorCode, message: str, *, retry_after: float | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+
+    def to_wire(self) -> dict[str, object]:
+        """Return the `error` message body for this error (without `id`/`roomId`)."""
+        body: dict[str, object] = {"type": "error", "code": str(self.code), "message": self.message}
+        if self.retry_after is not None:
+            body["retryAfter"] = self.retry_after
+        return body
+
+
+class ConfigError(RoomdError):
+    """A setting is missing or out of range; `roomd serve` exits with its message."""

@@ -1,0 +1,362 @@
+"""Room state and rules: the sans-I/O heart of roomd.
+
+Theory of operation
+-------------------
+A `Room` holds everything one room knows: its members in join order (each an AID
+with one or more connections), the host AID, the encrypted room key, the last
+`seq`, and since when it has been empty. It never does I/O and never reads a
+clock: every method takes what it needs (`now_ms`) and returns a list of effects
+for the shell to carry out, in order:
+
+- `Deliver(to, event)`: send `event` to the connections `to` (encode it once);
+- `Attached(conn)` / `Detached(conn)`: `conn` entered / left the room, so the
+  shell updates what that connection is a member of;
+- `Deleted(reason)`: the room is gone; the shell forgets it.
+
+A method that raises `ProtocolError` changed nothing. The shell owns one `Room`
+per room task and calls its methods from that task only, so events are totally
+ordered: every member sees them in the order the methods were called.
+
+States: a room is *occupied* (at least one member; `empty_since` is None) or
+*empty* (`empty_since` set; the shell starts the expiry countdown). `join` moves
+an empty room to occupied; removing the last connection moves it back.
+
+Host rules: the creator is host. When the host AID's last connection goes, the
+member present longest becomes host (`hostUpdated` to all). An empty room keeps
+its last host; a different AID joining an empty room becomes host (its
+`joinSuccess` names it, then `hostUpdated` follows).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import attrs
+
+from roomd import message as m
+from roomd.errors import ErrorCode, ProtocolError
+
+Handle = Hashable
+Event = dict[str, Any]
+
+
+@attrs.frozen
+class Deliver:
+    """Send `event` to each connection in `to`, in the room's order."""
+
+    to: Sequence[Handle]
+    event: Event
+
+
+@attrs.frozen
+class Attached:
+    """`conn` is now a member of the room."""
+
+    conn: Handle
+
+
+@attrs.frozen
+class Detached:
+    """`conn` is no longer a member of the room."""
+
+    conn: Handle
+
+
+@attrs.frozen
+class Deleted:
+    """The room no longer exists; `reason` is `deleted` or `expired`."""
+
+    reason: str
+
+
+Effect = Deliver | Attached | Detached | Deleted
+
+
+@attrs.define(eq=False, slots=True)
+class Member:
+    """One AID present in a room, with its connections in join order."""
+
+    aid: str
+    public_key: bytes | None
+    conns: list[Handle]
+
+
+def _with_id(event: Event, request_id: m.RequestId | None) -> Event:
+    if request_id is not None:
+        event["id"] = request_id
+    return event
+
+
+@attrs.define(eq=False)
+class Room:
+    """The state of one room; see the module docstring for the rules."""
+
+    room_id: str
+    host: str | None
+    encrypted_room_key: bytes | None
+    created_at: int
+    max_members: int
+    message_id_prefix: str
+    empty_since: int | None = None
+    seq: int = 0
+    members: dict[str, Member] = attrs.field(factory=dict)
+    _conn_aid: dict[Handle, str] = attrs.field(factory=dict)
+    _all_conns: tuple[Handle, ...] | None = None
+
+    @classmethod
+    def new(
+        cls,
+        room_id: str,
+        *,
+        host: str | None,
+        encrypted_room_key: bytes | None,
+        now_ms: int,
+        max_members: int,
+        message_id_prefix: str,
+    ) -> Room:
+        """Return an empty room; its creator joins it next (as host, being `host`)."""
+        return cls(
+            room_id=room_id,
+            host=host,
+            encrypted_room_key=encrypted_room_key,
+            created_at=now_ms,
+            max_members=max_members,
+            message_id_prefix=message_id_prefix,
+            empty_since=now_ms,
+        )
+
+    # -- queries ---------------------------------------------------------------
+
+    @property
+    def is_empty(self) -> bool:
+        """True when no connection is in the room."""
+        return not self._conn_aid
+
+    def aid_of(self, conn: Handle) -> str | None:
+        """Return the AID `conn` joined as, or None when it is not a member."""
+        return self._conn_aid.get(conn)
+
+    def connections(self) -> tuple[Handle, ...]:
+        """Return every member connection, members in join order."""
+        if self._all_conns is None:
+            self._all_conns = tuple(c for member in self.members.values() for c in member.conns)
+        return self._all_conns
+
+    def member_list(self) -> list[dict[str, Any]]:
+        """Return `[{aid, publicKey}]` of the present AIDs in join order."""
+        return [{"aid": aid, "publicKey": mem.public_key} for aid, mem in self.members.items()]
+
+    def _others(self, aid: str) -> list[Handle]:
+        return [c for mem in self.members.values() if mem.aid != aid for c in mem.conns]
+
+    def _require_member(self, conn: Handle) -> str:
+        aid = self._conn_aid.get(conn)
+        if aid is None:
+            raise ProtocolError(ErrorCode.NOT_MEMBER, f"not a member of room '{self.room_id}'")
+        return aid
+
+    def _require_host(self, conn: Handle) -> str:
+        aid = self._require_member(conn)
+        if aid != self.host:
+            raise ProtocolError(ErrorCode.FORBIDDEN, "only the host may do this")
+        return aid
+
+    def _require_present(self, aid: str) -> Member:
+        member = self.members.get(aid)
+        if member is None:
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"'{aid}' is not in room '{self.room_id}'")
+        return member
+
+    # -- membership ------------------------------------------------------------
+
+    def join(
+        self,
+        conn: Handle,
+        aid: str,
+        public_key: bytes | None,
+        now_ms: int,
+        request_id: m.RequestId | None = None,
+    ) -> list[Effect]:
+        """Add `conn` (authenticated as `aid`) to the room; raise `roomFull` when full."""
+        if conn in self._conn_aid:
+            return [Deliver((conn,), self._join_success(aid, request_id))]
+        member = self.members.get(aid)
+        effects: list[Effect] = []
+        if member is None:
+            if len(self.members) >= self.max_members:
+                raise ProtocolError(
+                    ErrorCode.ROOM_FULL,
+                    f"room '{self.room_id}' is full ({self.max_members} members)",
+                )
+            others = self.connections()
+            member = self.members[aid] = Member(aid, public_key, [])
+            if others:
+                event: Event = {"type": "userJoined", "roomId": self.room_id, "aid": aid}
+                event["publicKey"] = public_key
+                effects.append(Deliver(others, event))
+        new_host = self.is_empty and self.host != aid
+        if new_host:
+            self.host = aid
+        member.conns.append(conn)
+        self._conn_aid[conn] = aid
+        self._all_conns = None
+        self.empty_since = None
+        effects.append(Attached(conn))
+        effects.append(Deliver((conn,), self._join_success(aid, request_id)))
+        if new_host:
+            effects.append(Deliver(self.connections(), self._host_updated()))
+        return effects
+
+    def _join_success(self, aid: str, request_id: m.RequestId | None) -> Event:
+        return _with_id(
+            {
+                "type": "joinSuccess",
+                "roomId": self.room_id,
+                "you": aid,
+                "host": self.host,
+                "encryptedRoomKey": self.encrypted_room_key,
+                "members": self.member_list(),
+                "lastSeq": self.seq,
+            },
+            request_id,
+        )
+
+    def _host_updated(self) -> Event:
+        return {"type": "hostUpdated", "roomId": self.room_id, "host": self.host}
+
+    def _remove_conn(self, conn: Handle, reason: str, now_ms: int) -> list[Effect]:
+        """Remove one connection; tell the others if its AID is now gone."""
+        aid = self._conn_aid.pop(conn)
+        member = self.members[aid]
+        member.conns.remove(conn)
+        self._all_conns = None
+        effects: list[Effect] = [Detached(conn)]
+        if not member.conns:
+            del self.members[aid]
+            effects.extend(self._after_aid_left(aid, reason, now_ms))
+        return effects
+
+    def _after_aid_left(self, aid: str, reason: str, now_ms: int) -> list[Effect]:
+        if not self.members:
+            self.empty_since = now_ms
+            return []
+        event = {"type": "userLeft", "roomId": self.room_id, "aid": aid, "reason": reason}
+        effects: list[Effect] = [Deliver(self.connections(), event)]
+        if aid == self.host:
+            self.host = next(iter(self.members))
+            effects.append(Deliver(self.connections(), self._host_updated()))
+        return effects
+
+    def leave(
+        self, conn: Handle, now_ms: int, request_id: m.RequestId | None = None
+    ) -> list[Effect]:
+        """Take `conn` out of the room at its own request (`leaveChatroom`)."""
+        self._require_member(conn)
+        reply = _with_id(
+            {"type": "leftChatroom", "roomId": self.room_id, "reason": "left"}, request_id
+        )
+        return [Deliver((conn,), reply), *self._remove_conn(conn, "left", now_ms)]
+
+    def disconnect(self, conn: Handle, reason: str, now_ms: int) -> list[Effect]:
+        """Take a closed connection out (`reason` `disconnected` or `timeout`); no-op if absent."""
+        if conn not in self._conn_aid:
+            return []
+        return self._remove_conn(conn, reason, now_ms)
+
+    def remove_aid(self, aid: str, now_ms: int) -> list[Effect]:
+        """Kick every connection of `aid`: they get `leftChatroom kicked`, the rest `userLeft`."""
+        member = self._require_present(aid)
+        event = {"type": "leftChatroom", "roomId": self.room_id, "reason": "kicked"}
+        effects: list[Effect] = [Deliver(tuple(member.conns), event)]
+        for conn in member.conns:
+            del self._conn_aid[conn]
+            effects.append(Detached(conn))
+        del self.members[aid]
+        self._all_conns = None
+        effects.extend(self._after_aid_left(aid, "kicked", now_ms))
+        return effects
+
+    def delete(self, reason: str) -> list[Effect]:
+        """Delete the room: every member gets `roomDeleted {reason}` and is detached."""
+        conns = self.connections()
+        effects: list[Effect] = []
+        if conns:
+            event = {"type": "roomDeleted", "roomId": self.room_id, "reason": reason}
+            effects.append(Deliver(conns, event))
+        effects.extend(Detached(conn) for conn in conns)
+        self.members.clear()
+        self._conn_aid.clear()
+        self._all_conns = None
+        effects.append(Deleted(reason))
+        return effects
+
+    # -- client messages -------------------------------------------------------
+
+    def handle(self, conn: Handle, msg: m.RoomMessage, now_ms: int) -> list[Effect]:
+        """Apply one validated room message from member `conn`; raise `ProtocolError` if refused.
+
+        `joinChatroom` goes through `join`, which needs the connection's AID.
+        """
+        event: Event
+        match msg:
+            case m.SendMessage():
+                return self._message(conn, msg, now_ms)
+            case m.Typing():
+                aid = self._require_member(conn)
+                event = {"type": "typing", "roomId": self.room_id, "aid": aid}
+                event["isTyping"] = msg.is_typing
+                return [Deliver(self._others(aid), event)]
+            case m.Reaction():
+                aid = self._require_member(conn)
+                event = {"type": "reaction", "roomId": self.room_id, "messageId": msg.message_id}
+                event.update(aid=aid, emoji=msg.emoji, remove=msg.remove)
+                return [Deliver(self.connections(), event)]
+            case m.Signal():
+                aid = self._require_member(conn)
+                target = self._require_present(msg.to)
+                event = {"type": "signal", "roomId": self.room_id, "from": aid}
+                event["payload"] = msg.payload
+                return [Deliver(tuple(target.conns), event)]
+            case m.LeaveChatroom():
+                return self.leave(conn, now_ms, msg.id)
+            case m.UpdateRoomKey():
+                aid = self._require_host(conn)
+                self.encrypted_room_key = msg.encrypted_room_key
+                event = {"type": "roomKeyUpdated", "roomId": self.room_id}
+                event.update(encryptedRoomKey=msg.encrypted_room_key, by=aid)
+                return [Deliver(self.connections(), event)]
+            case m.TransferHost():
+                self._require_host(conn)
+                self._require_present(msg.to)
+                self.host = msg.to
+                return [Deliver(self.connections(), self._host_updated())]
+            case m.Kick():
+                aid = self._require_host(conn)
+                if msg.aid == aid:
+                    raise ProtocolError(
+                        ErrorCode.BAD_REQUEST, "the host cannot kick itself; use leaveChatroom"
+                    )
+                return self.remove_aid(msg.aid, now_ms)
+            case m.DeleteChatroom():
+                self._require_host(conn)
+                return self.delete("deleted")
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"{msg.TYPE} is not a room message")
+
+    def _message(self, conn: Handle, msg: m.SendMessage, now_ms: int) -> list[Effect]:
+        aid = self._require_member(conn)
+        self.seq += 1
+        event: Event = {
+            "type": "newMessage",
+            "roomId": self.room_id,
+            "seq": self.seq,
+            "messageId": f"{self.message_id_prefix}{self.seq:x}",
+            "from": aid,
+            "ciphertext": msg.ciphertext,
+        }
+        if msg.iv is not None:
+            event["iv"] = msg.iv
+        if msg.client_msg_id is not None:
+            event["clientMsgId"] = msg.client_msg_id
+        event["ts"] = now_ms
+        return [Deliver(self.connections(), event)]

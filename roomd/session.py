@@ -1,0 +1,82 @@
+"""One connection as the rest of roomd sees it: who it is and how to reach it.
+
+A `Session` is created when a handshake is accepted and lives until the
+connection's task group ends. Room loops deliver to it with `deliver`, which never
+blocks: a full outbound queue means a slow consumer, and the session is closed
+with 4003 rather than making the room wait. Every field has one writer: the
+connection's reader sets `aid` and `joining`; room loops set `rooms` (through the
+`Attached`/`Detached` effects); whoever closes first sets `close_code`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import attrs
+import trio
+
+from roomd.codec import Codec
+from roomd.errors import CloseCode
+from roomd.frame import build_frame
+
+log = logging.getLogger("roomd.session")
+
+
+@attrs.define(eq=False, slots=True)
+class Session:
+    """The state of one accepted connection that other tasks may touch."""
+
+    conn_id: int
+    codec: Codec
+    outbox_send: trio.MemorySendChannel[bytes]
+    reader_scope: trio.CancelScope
+    aid: str | None = None
+    rooms: set[str] = attrs.field(factory=set)
+    joining: set[str] = attrs.field(factory=set)
+    close_code: int | None = None
+
+    def frame(self, event: dict[str, Any]) -> bytes:
+        """Return the WebSocket frame of `event` in this session's codec."""
+        return build_frame(self.codec.encode(event), text=self.codec.text)
+
+    def deliver(self, frame: bytes) -> None:
+        """Queue one frame for the writer; close 4003 when the queue is full."""
+        if self.close_code is not None:
+            return
+        try:
+            self.outbox_send.send_nowait(frame)
+        except trio.WouldBlock:
+            log.info("conn %d slow consumer: outbound queue full", self.conn_id)
+            self.close(CloseCode.SLOW_CONSUMER)
+
+    def send(self, event: dict[str, Any]) -> None:
+        """Encode `event` for this session alone and queue it."""
+        self.deliver(self.frame(event))
+
+    def close(self, code: int) -> None:
+        """Start closing with `code` (the first code wins); never blocks.
+
+        After this, nothing more is queued; the writer finishes, the connection
+        task sends the close frame and leaves every room.
+        """
+        if self.close_code is not None:
+            return
+        self.close_code = code
+        self.outbox_send.close()
+        self.reader_scope.cancel()
+
+    @property
+    def member_of(self) -> set[str]:
+        """Rooms this session is in or has asked to join."""
+        return self.rooms | self.joining
+
+
+def fan_out(sessions: Any, event: dict[str, Any]) -> None:
+    """Deliver `event` to every session, encoding it once per codec."""
+    frames: dict[Codec, bytes] = {}
+    for session in sessions:
+        frame = frames.get(session.codec)
+        if frame is None:
+            frame = frames[session.codec] = session.frame(event)
+        session.deliver(frame)
