@@ -18,6 +18,7 @@ import itertools
 import logging
 import ssl
 from collections import Counter
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
@@ -43,10 +44,22 @@ def make_ssl_context(cert: Path, key: Path) -> ssl.SSLContext:
 
 
 def _peer_ip(stream: trio.abc.Stream) -> str:
+    """Return the peer address of a TCP (or TLS over TCP) stream.
+
+    In-process streams (tests over memory streams) count as loopback.
+    """
     transport = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
     if isinstance(transport, trio.SocketStream):
         return str(transport.socket.getpeername()[0])
-    return "unknown"
+    return "127.0.0.1"
+
+
+def _bound_port(listener: trio.abc.Listener[trio.abc.Stream]) -> int:
+    if isinstance(listener, trio.SSLListener):
+        listener = listener.transport_listener
+    if isinstance(listener, trio.SocketListener):
+        return int(listener.socket.getsockname()[1])
+    return 0
 
 
 @attrs.define(eq=False)
@@ -98,37 +111,40 @@ class Server:
         """Begin the graceful shutdown; `run` returns once it is done."""
         self._stopping.set()
 
+    async def open_listeners(self) -> list[trio.abc.Listener[trio.abc.Stream]]:
+        """Open the TCP listeners of the config, wrapped in TLS when it names a certificate."""
+        config = self.config
+        tcp = await trio.open_tcp_listeners(config.port, host=config.host)
+        if config.tls_cert is None or config.tls_key is None:
+            return list(tcp)
+        context = make_ssl_context(config.tls_cert, config.tls_key)
+        return [trio.SSLListener(lst, context, https_compatible=False) for lst in tcp]
+
     async def run(
         self,
-        listeners: list[trio.SocketListener] | None = None,
+        listeners: Sequence[trio.abc.Listener[trio.abc.Stream]] | None = None,
         *,
         task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Serve until `shutdown()`; report the bound port through `task_status`.
+        """Serve until `shutdown()`; report the bound TCP port (0 if none) via `task_status`.
 
         Resource handling: the listeners (opened from the config when not given)
         and every connection and room are closed before this returns.
         """
-        config = self.config
         if listeners is None:
-            listeners = await trio.open_tcp_listeners(config.port, host=config.host)
-        port = int(listeners[0].socket.getsockname()[1])
-        serving: list[trio.abc.Listener[trio.abc.Stream]] = list(listeners)
-        if config.tls_cert is not None and config.tls_key is not None:
-            context = make_ssl_context(config.tls_cert, config.tls_key)
-            serving = [trio.SSLListener(lst, context, https_compatible=False) for lst in listeners]
+            listeners = await self.open_listeners()
         async with trio.open_nursery() as server_nursery:
-            self.registry = RoomRegistry(config, server_nursery)
+            self.registry = RoomRegistry(self.config, server_nursery)
             async with trio.open_nursery() as connections:
                 connections.start_soon(
                     partial(
                         trio.serve_listeners,
                         self._serve_stream,
-                        serving,
+                        list(listeners),
                         handler_nursery=connections,
                     )
                 )
-                task_status.started(port)
+                task_status.started(_bound_port(listeners[0]))
                 await self._stopping.wait()
                 await self._drain()
                 connections.cancel_scope.cancel()

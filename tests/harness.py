@@ -1,0 +1,262 @@
+"""In-process harness: a roomd `Server` on fake listeners and a wsproto test client.
+
+`running_server(config)` starts the real server task tree on a `FakeListener`;
+`Client` is a small WebSocket client (wsproto, the same sans-I/O library a real
+client could use) over a trio memory stream, with full control over pongs so
+tests can play a silent or slow peer. Everything is in-process, so tests run on
+`MockClock(autojump_threshold=0)`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+import attrs
+import cbor2
+import orjson
+import trio
+import trio.testing
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Message,
+    Ping,
+    RejectConnection,
+    RejectData,
+    Request,
+    TextMessage,
+)
+
+from roomd.admission import Admission
+from roomd.auth import mint_token
+from roomd.config import Config
+from roomd.server import Server
+
+from .conftest import SECRET
+
+StreamPair = Callable[[], tuple[trio.abc.Stream, trio.abc.Stream]]
+
+
+class FakeListener(trio.abc.Listener[trio.abc.Stream]):
+    """A listener whose `connect()` hands the server one end of an in-memory stream."""
+
+    def __init__(self, pair: StreamPair = trio.testing.memory_stream_pair) -> None:
+        self._pair = pair
+        self._send, self._recv = trio.open_memory_channel[trio.abc.Stream](100)
+
+    async def connect(self) -> trio.abc.Stream:
+        """Return the client end of a new connection to the server."""
+        client, server = self._pair()
+        await self._send.send(server)
+        return client
+
+    async def accept(self) -> trio.abc.Stream:
+        return await self._recv.receive()
+
+    async def aclose(self) -> None:
+        self._recv.close()
+        await trio.lowlevel.checkpoint()
+
+
+def make_config(**overrides: Any) -> Config:
+    """Return a config for tests: defaults of PROTOCOL.md plus `overrides`."""
+    overrides.setdefault("max_conns_per_ip", 0)
+    return Config(**overrides)
+
+
+def token(aid: str, ttl: float = 3600, secret: str = SECRET) -> str:
+    """Return a valid token for `aid`."""
+    return mint_token(secret, aid, now=time.time(), ttl=ttl)[0]
+
+
+@attrs.define
+class Harness:
+    """A running server and the means to connect to it."""
+
+    server: Server
+    listener: FakeListener
+
+    async def connect(
+        self,
+        *,
+        codec: str | None = "roomd.v1.json",
+        path: str = "/v1",
+        headers: list[tuple[bytes, bytes]] | None = None,
+        pair: StreamPair | None = None,
+    ) -> Client:
+        """Open a client, complete the handshake and read `hello`."""
+        if pair is not None:
+            self.listener._pair = pair
+        stream = await self.listener.connect()
+        self.listener._pair = trio.testing.memory_stream_pair
+        client = Client(stream, cbor=codec == "roomd.v1.cbor")
+        status = await client.handshake(path, [codec] if codec else [], headers or [])
+        if status == 101:
+            hello = await client.recv()
+            assert hello["type"] == "hello"
+        return client
+
+    async def login(self, aid: str, **kwargs: Any) -> Client:
+        """Open a client and authenticate it as `aid`."""
+        client = await self.connect(**kwargs)
+        reply = await client.request({"type": "auth", "token": token(aid)})
+        assert reply["type"] == "authOk", reply
+        return client
+
+
+@asynccontextmanager
+async def running_server(**overrides: Any) -> AsyncIterator[Harness]:
+    """Run a roomd server on a fake listener for the body of the `async with`."""
+    config = make_config(**overrides)
+    server = Server(
+        config=config,
+        token_secret=SECRET,
+        admission=Admission(config.max_conns_per_ip, config.allowed_origins),
+    )
+    listener = FakeListener()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run, [listener])
+        yield Harness(server, listener)
+        nursery.cancel_scope.cancel()
+
+
+@attrs.define(eq=False)
+class Client:
+    """A WebSocket client over a trio stream: JSON or CBOR, pongs optional."""
+
+    stream: trio.abc.Stream
+    cbor: bool = False
+    auto_pong: bool = True
+    ws: WSConnection = attrs.field(factory=lambda: WSConnection(ConnectionType.CLIENT))
+    pings: int = 0
+    close_code: int | None = None
+    subprotocol: str | None = None
+    reject_status: int | None = None
+    reject_body: bytes = b""
+    _inbox: list[dict[str, Any]] = attrs.field(factory=list)
+    _parts: list[Any] = attrs.field(factory=list)
+
+    async def handshake(
+        self, path: str, subprotocols: list[str], headers: list[tuple[bytes, bytes]]
+    ) -> int:
+        """Send the upgrade request; return 101 or the HTTP status it was rejected with."""
+        request = Request(
+            host="localhost", target=path, subprotocols=subprotocols, extra_headers=headers
+        )
+        await self.stream.send_all(self.ws.send(request))
+        while True:
+            data = await self.stream.receive_some(65536)
+            assert data, "server closed during the handshake"
+            self.ws.receive_data(data)
+            for event in self.ws.events():
+                if isinstance(event, AcceptConnection):
+                    self.subprotocol = event.subprotocol
+                    return 101
+                if isinstance(event, RejectConnection):
+                    self.reject_status = event.status_code
+                    if not event.has_body:
+                        return event.status_code
+                elif isinstance(event, RejectData):
+                    self.reject_body += event.data
+                    if event.body_finished:
+                        assert self.reject_status is not None
+                        return self.reject_status
+
+    async def send(self, message: dict[str, Any]) -> None:
+        """Send one message in this client's codec."""
+        if self.cbor:
+            await self.send_raw(cbor2.dumps(message))
+        else:
+            await self.send_raw(orjson.dumps(message).decode())
+
+    async def send_raw(self, data: str | bytes) -> None:
+        """Send one text (str) or binary (bytes) frame as it is."""
+        await self.stream.send_all(self.ws.send(Message(data=data)))
+
+    async def request(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Send `message` and return the next message received."""
+        await self.send(message)
+        return await self.recv()
+
+    async def recv(self) -> dict[str, Any]:
+        """Return the next message; fail if the connection closes first."""
+        while not self._inbox:
+            if not await self._pump():
+                raise AssertionError(f"connection closed ({self.close_code}) awaiting a message")
+        return self._inbox.pop(0)
+
+    async def recv_type(self, kind: str) -> dict[str, Any]:
+        """Return the next message of type `kind`, skipping others."""
+        while True:
+            message = await self.recv()
+            if message["type"] == kind:
+                return message
+
+    async def expect_close(self) -> int:
+        """Read until the server closes; return the close code it sent."""
+        while await self._pump():
+            pass
+        assert self.close_code is not None
+        return self.close_code
+
+    def pending(self) -> list[dict[str, Any]]:
+        """Return (and forget) the messages already received but not yet read."""
+        messages, self._inbox = self._inbox, []
+        return messages
+
+    async def drain(self) -> list[dict[str, Any]]:
+        """Return every message that arrives until the server goes quiet."""
+        await trio.testing.wait_all_tasks_blocked()
+        while True:
+            with trio.move_on_after(0.001):
+                if not await self._pump():
+                    break
+                continue
+            break
+        return self.pending()
+
+    async def _pump(self) -> bool:
+        """Receive one chunk and decode its events; False once the connection is closed."""
+        if self.close_code is not None:
+            return False
+        data = await self.stream.receive_some(65536)
+        if not data:
+            self.close_code = self.close_code or 1006
+            return False
+        self.ws.receive_data(data)
+        for event in self.ws.events():
+            if isinstance(event, TextMessage | BytesMessage):
+                self._parts.append(event.data)
+                if event.message_finished:
+                    parts, self._parts = self._parts, []
+                    if isinstance(event, TextMessage):
+                        self._inbox.append(orjson.loads("".join(parts)))
+                    else:
+                        self._inbox.append(cbor2.loads(b"".join(parts)))
+            elif isinstance(event, Ping):
+                self.pings += 1
+                if self.auto_pong:
+                    await self.stream.send_all(self.ws.send(event.response()))
+            elif isinstance(event, CloseConnection):
+                self.close_code = event.code
+                with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await self.stream.send_all(self.ws.send(event.response()))
+                return False
+        return True
+
+    async def close(self, code: int = 1000) -> None:
+        """Start a clean close from the client side and wait for the server's answer."""
+        await self.stream.send_all(self.ws.send(CloseConnection(code=code)))
+        while self.close_code is None:
+            data = await self.stream.receive_some(65536)
+            if not data:
+                break
+            self.ws.receive_data(data)
+            for event in self.ws.events():
+                if isinstance(event, CloseConnection):
+                    self.close_code = event.code
