@@ -61,21 +61,28 @@ def verify_token(secret: str, token: str, *, now: float) -> Identity:
     Raises `ProtocolError(unauthenticated)` for a bad signature, a missing `sub` or
     `exp`, an expired or not-yet-valid token, or a `sub` that is not a valid AID.
     """
+    # Time claims are checked here against `now`: PyJWT would use its own clock.
     try:
         claims = jwt.decode(
             token,
             secret,
             algorithms=[ALGORITHM],
-            options={"require": ["sub", "exp"], "verify_sub": False, "verify_iat": False},
-            leeway=0,
+            options={
+                "require": ["sub", "exp"],
+                "verify_sub": False,
+                "verify_iat": False,
+                "verify_exp": False,
+                "verify_nbf": False,
+            },
         )
-    except jwt.ExpiredSignatureError:
-        raise ProtocolError(ErrorCode.UNAUTHENTICATED, "token has expired") from None
     except jwt.PyJWTError as exc:
         raise ProtocolError(ErrorCode.UNAUTHENTICATED, f"token rejected: {_reason(exc)}") from None
     exp = claims["exp"]
     if not isinstance(exp, int) or isinstance(exp, bool) or exp <= now:
         raise ProtocolError(ErrorCode.UNAUTHENTICATED, "token has expired")
+    nbf = claims.get("nbf", now)
+    if not isinstance(nbf, int | float) or isinstance(nbf, bool) or nbf > now:
+        raise ProtocolError(ErrorCode.UNAUTHENTICATED, "token is not yet valid (nbf)")
     try:
         aid = validate_aid(claims["sub"], "sub")
     except ProtocolError as exc:

@@ -8,6 +8,10 @@ decoding it, and acts on the verdict:
 - `REJECT`: do not process it; answer `error rateLimited` with `retry_after`;
 - `DROP`: do not process it and do not answer (a reject was already sent);
 - `ABUSE`: the bucket has been kept full for `abuse_after` seconds: close 4004.
+
+"Kept full" counts from the first refused frame until an accepted frame leaves room
+for another one; frames accepted at the brim (the flooder's one per 1/rate s) do not
+stop the count.
 """
 
 from __future__ import annotations
@@ -50,7 +54,10 @@ class LeakyBucket:
         self._drain(now)
         if self.level + 1.0 <= self.burst + 1e-9:
             self.level += 1.0
-            self.full_since = None
+            # A frame that only fits because one unit drained leaves the bucket as full
+            # as before: a flooder gets one frame per 1/rate s and must still reach ABUSE.
+            if self.level + 1.0 <= self.burst + 1e-9:
+                self.full_since = None
             self.rejected = False
             return Verdict.ACCEPT
         if self.full_since is None:

@@ -133,7 +133,7 @@ def validate(config: Config) -> None:
     """Raise `ConfigError` naming the first setting that is out of range."""
     positive = ("rate", "burst", "auth_timeout", "heartbeat_interval", "heartbeat_timeout")
     for name in (*positive, "room_ttl", "max_members", "max_rooms_per_conn", "send_queue"):
-        if getattr(config, name) <= 0:
+        if not getattr(config, name) > 0:  # written so that nan is refused too
             raise ConfigError(f"--{name.replace('_', '-')} must be positive")
     if config.max_frame < 1024:
         raise ConfigError("--max-frame must be at least 1024 bytes")

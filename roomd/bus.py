@@ -1,0 +1,67 @@
+"""The event bus: how a change made outside a room's connections reaches the room.
+
+The REST server API publishes `DeleteRoom` and `KickMember`; every node's pump
+(`EventBus.run`) hands each event to that node's `deliver` callback, which puts
+it into the live room's inbox, so it is ordered with the room's other events.
+`LocalEventBus` is the one-process implementation; a cluster backend (Redis
+pub/sub) implements the same `EventBus` protocol and delivers on every node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import attrs
+import trio
+
+
+@attrs.frozen
+class DeleteRoom:
+    """Delete a room; its members get `roomDeleted {reason}`."""
+
+    room_id: str
+    reason: str = "deleted"
+
+
+@attrs.frozen
+class KickMember:
+    """Remove every connection of `aid` from a room, as the host's `kick` does."""
+
+    room_id: str
+    aid: str
+
+
+BusEvent = DeleteRoom | KickMember
+Deliver = Callable[[BusEvent], Awaitable[None]]
+
+
+class EventBus(Protocol):
+    """Carries `BusEvent`s from publishers to every node's rooms."""
+
+    async def publish(self, event: BusEvent) -> None:
+        """Send `event` to every node; returns once the bus has accepted it."""
+        ...
+
+    async def run(
+        self, deliver: Deliver, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Call `deliver` with every event published anywhere, in order, until cancelled."""
+        ...
+
+
+class LocalEventBus:
+    """An event bus inside one process: a bounded memory channel."""
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self._send, self._recv = trio.open_memory_channel[BusEvent](capacity)
+
+    async def publish(self, event: BusEvent) -> None:
+        await self._send.send(event)
+
+    async def run(
+        self, deliver: Deliver, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        task_status.started()
+        async for event in self._recv:
+            await deliver(event)
