@@ -160,6 +160,9 @@ class RoomLoop:
         try:
             match command:
                 case Join(session, aid, public_key, request_id):
+                    # The join is no longer pending, whatever its outcome: a repeated join
+                    # of a room the session is already in attaches nothing.
+                    session.joining.discard(room.room_id)
                     effects = room.join(session, aid, public_key, wall_ms(), request_id)
                 case Act(session, msg):
                     effects = room.handle(session, msg, wall_ms())

@@ -9,6 +9,8 @@ tests can play a silent or slow peer. Everything is in-process, so tests run on
 
 from __future__ import annotations
 
+import os
+import struct
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
@@ -24,7 +26,6 @@ from wsproto.events import (
     AcceptConnection,
     BytesMessage,
     CloseConnection,
-    Message,
     Ping,
     RejectConnection,
     RejectData,
@@ -36,6 +37,7 @@ from roomd.admission import Admission
 from roomd.auth import mint_token
 from roomd.config import Config
 from roomd.server import Server
+from roomd.session import Session
 
 from .conftest import SECRET
 
@@ -80,6 +82,8 @@ class Harness:
 
     server: Server
     listener: FakeListener
+    # Set when `Server.run` has returned (after `server.shutdown()`).
+    stopped: trio.Event = attrs.field(factory=trio.Event)
 
     async def connect(
         self,
@@ -101,12 +105,38 @@ class Harness:
             assert hello["type"] == "hello"
         return client
 
-    async def login(self, aid: str, **kwargs: Any) -> Client:
-        """Open a client and authenticate it as `aid`."""
+    async def login(self, aid: str, *, ttl: float = 3600, **kwargs: Any) -> Client:
+        """Open a client and authenticate it as `aid` with a token valid for `ttl` seconds."""
         client = await self.connect(**kwargs)
-        reply = await client.request({"type": "auth", "token": token(aid)})
+        reply = await client.request({"type": "auth", "token": token(aid, ttl=ttl)})
         assert reply["type"] == "authOk", reply
         return client
+
+    def session_of(self, aid: str) -> Session:
+        """Return the server-side session of the one open connection authenticated as `aid`."""
+        (session,) = [s for s in self.server.sessions if s.aid == aid]
+        return session
+
+    async def open_room(self, *aids: str, **kwargs: Any) -> tuple[str, list[Client]]:
+        """Log in each AID; the first creates a room, the rest join it in order.
+
+        Returns the room id and the clients, with every `userJoined` already read.
+        """
+        clients: list[Client] = []
+        room_id = ""
+        for aid in aids:
+            client = await self.login(aid, **kwargs)
+            if not clients:
+                reply = await client.request({"type": "createChatroom"})
+                room_id = reply["roomId"]
+            else:
+                reply = await client.request({"type": "joinChatroom", "roomId": room_id})
+                for other in clients:
+                    joined = await other.recv()
+                    assert (joined["type"], joined["aid"]) == ("userJoined", aid), joined
+            assert reply["type"] == "joinSuccess", reply
+            clients.append(client)
+        return room_id, clients
 
 
 @asynccontextmanager
@@ -119,9 +149,15 @@ async def running_server(**overrides: Any) -> AsyncIterator[Harness]:
         admission=Admission(config.max_conns_per_ip, config.allowed_origins),
     )
     listener = FakeListener()
+    harness = Harness(server, listener)
+
+    async def serve(task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        await server.run([listener], task_status=task_status)
+        harness.stopped.set()
+
     async with trio.open_nursery() as nursery:
-        await nursery.start(server.run, [listener])
-        yield Harness(server, listener)
+        await nursery.start(serve)
+        yield harness
         nursery.cancel_scope.cancel()
 
 
@@ -152,7 +188,7 @@ class Client:
         while True:
             data = await self.stream.receive_some(65536)
             assert data, "server closed during the handshake"
-            self.ws.receive_data(data)
+            self.ws.receive_data(bytes(data))
             for event in self.ws.events():
                 if isinstance(event, AcceptConnection):
                     self.subprotocol = event.subprotocol
@@ -176,7 +212,22 @@ class Client:
 
     async def send_raw(self, data: str | bytes) -> None:
         """Send one text (str) or binary (bytes) frame as it is."""
-        await self.stream.send_all(self.ws.send(Message(data=data)))
+        message = TextMessage(data=data) if isinstance(data, str) else BytesMessage(data=data)
+        await self.stream.send_all(self.ws.send(message))
+
+    async def send_frame(self, opcode: int, payload: bytes, *, fin: bool = True) -> None:
+        """Send one masked frame built by hand, bypassing wsproto's checks (e.g. bad UTF-8)."""
+        mask = os.urandom(4)
+        size = len(payload)
+        head = bytes([(0x80 if fin else 0) | opcode])
+        if size < 126:
+            head += bytes([0x80 | size])
+        elif size < 1 << 16:
+            head += struct.pack("!BH", 0x80 | 126, size)
+        else:
+            head += struct.pack("!BQ", 0x80 | 127, size)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        await self.stream.send_all(head + mask + masked)
 
     async def request(self, message: dict[str, Any]) -> dict[str, Any]:
         """Send `message` and return the next message received."""
@@ -204,6 +255,18 @@ class Client:
         assert self.close_code is not None
         return self.close_code
 
+    async def listen(self, seconds: float) -> list[dict[str, Any]]:
+        """Read for `seconds`, answering pings; return what arrived. Fail if the server closes."""
+        with trio.move_on_after(seconds):
+            while await self._pump():
+                pass
+            raise AssertionError(f"connection closed ({self.close_code}) while listening")
+        return self.pending()
+
+    async def abort(self) -> None:
+        """Drop the connection without a close frame, as a crashed client or a lost network."""
+        await self.stream.aclose()
+
     def pending(self) -> list[dict[str, Any]]:
         """Return (and forget) the messages already received but not yet read."""
         messages, self._inbox = self._inbox, []
@@ -228,7 +291,7 @@ class Client:
         if not data:
             self.close_code = self.close_code or 1006
             return False
-        self.ws.receive_data(data)
+        self.ws.receive_data(bytes(data))
         for event in self.ws.events():
             if isinstance(event, TextMessage | BytesMessage):
                 self._parts.append(event.data)
@@ -256,7 +319,7 @@ class Client:
             data = await self.stream.receive_some(65536)
             if not data:
                 break
-            self.ws.receive_data(data)
+            self.ws.receive_data(bytes(data))
             for event in self.ws.events():
                 if isinstance(event, CloseConnection):
                     self.close_code = event.code
