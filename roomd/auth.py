@@ -20,6 +20,8 @@ from roomd.message import validate_aid
 ALGORITHM = "HS256"
 SECRET_FILE = "token-secret"
 SECRET_ENV = "ROOMD_TOKEN_SECRET"
+API_KEY_FILE = "api-key"
+API_KEY_ENV = "ROOMD_API_KEY"
 
 
 def read_or_create_secret(path: Path) -> str:
@@ -37,6 +39,11 @@ def read_or_create_secret(path: Path) -> str:
 def load_token_secret(data_dir: Path) -> str:
     """Return the token secret: `ROOMD_TOKEN_SECRET`, else the data dir's secret file."""
     return os.environ.get(SECRET_ENV) or read_or_create_secret(data_dir / SECRET_FILE)
+
+
+def load_api_key(data_dir: Path) -> str:
+    """Return the server API key: `ROOMD_API_KEY`, else the data dir's `api-key` file."""
+    return os.environ.get(API_KEY_ENV) or read_or_create_secret(data_dir / API_KEY_FILE)
 
 
 def mint_token(secret: str, aid: str, *, now: float, ttl: float) -> tuple[str, int]:

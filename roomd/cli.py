@@ -44,9 +44,12 @@ async def serve(config: Config) -> None:
     server = Server.from_config(config)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(server.run)
+            bound = await nursery.start(server.run)
             scheme = "wss" if config.tls else "ws"
-            print(f"listening {scheme}://{config.host}:{port}/v1", flush=True)
+            host = f"[{config.host}]" if ":" in config.host else config.host
+            print(f"listening {scheme}://{host}:{bound.port}/v1", flush=True)
+            if bound.api_url is not None:
+                print(f"api {bound.api_url}", flush=True)
 
             async def stop_on_signal() -> None:
                 async for signum in signals:

@@ -36,6 +36,10 @@ class Config:
     send_queue: int = 1024
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    api: bool = True
+    api_host: str = "127.0.0.1"
+    api_port: int = 8766
+    store: str = "sqlite"
     # How long shutdown waits for clients to answer close 1001 before it hangs up.
     close_timeout: float = 2.0
 
@@ -63,7 +67,11 @@ SETTINGS: tuple[tuple[str, type, str], ...] = (
     ("send_queue", int, "outbound messages queued per connection before close 4003"),
     ("tls_cert", Path, "PEM certificate chain: serve wss"),
     ("tls_key", Path, "PEM private key of --tls-cert"),
+    ("api_host", str, "address of the REST server API"),
+    ("api_port", int, "port of the REST server API (0 = a free port)"),
+    ("store", str, "room store: sqlite (in the data dir) or memory (nothing survives)"),
 )
+STORES = ("sqlite", "memory")
 # (flag name, variable, help) of the repeatable flags; the variable is comma-separated.
 REPEATABLE: tuple[tuple[str, str, str], ...] = (
     (
@@ -86,6 +94,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             default=None,
             help=f"{help_text} [ROOMD_{name.upper()}, default {default}]",
         )
+    parser.add_argument(
+        "--no-api",
+        dest="no_api",
+        action="store_true",
+        default=None,
+        help="do not serve the REST server API [ROOMD_NO_API=1]",
+    )
     for name, variable, help_text in REPEATABLE:
         parser.add_argument(
             "--" + name.replace("_", "-"),
@@ -118,6 +133,10 @@ def from_sources(args: argparse.Namespace, env: Mapping[str, str] = os.environ) 
     except ValueError as exc:
         raise ConfigError(f"bad --trusted-proxy: {exc}") from None
     values["allowed_origins"] = frozenset(origins)
+    no_api = getattr(args, "no_api", None)
+    if no_api is None:
+        no_api = env.get("ROOMD_NO_API", "").lower() in ("1", "true", "yes")
+    values["api"] = not no_api
     config = Config(**values)
     validate(config)
     return config
@@ -141,5 +160,9 @@ def validate(config: Config) -> None:
         raise ConfigError("--max-conns-per-ip must be 0 (no limit) or positive")
     if not 0 <= config.port <= 65535:
         raise ConfigError("--port must be within 0..65535")
+    if not 0 <= config.api_port <= 65535:
+        raise ConfigError("--api-port must be within 0..65535")
+    if config.store not in STORES:
+        raise ConfigError(f"--store must be one of {', '.join(STORES)}")
     if (config.tls_cert is None) != (config.tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together")

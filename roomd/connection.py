@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -90,7 +89,7 @@ async def serve_connection(server: Server, stream: trio.abc.Stream, peer_ip: str
         status = server.admission.check(request.target, origin, ip)
         if status is not None:
             log.info("conn %d rejected: HTTP %d ip=%s", conn_id, status, ip)
-            server.rejected(status)
+            server.stats.handshakes_rejected[status] += 1
             await _reject(stream, ws, status)
             return
         try:
@@ -154,6 +153,8 @@ class Connection:
         outbox_send, outbox_recv = trio.open_memory_channel[bytes](config.send_queue)
         session = self.session = Session(self.conn_id, codec, outbox_send, trio.CancelScope())
         self.server.sessions.add(session)
+        if self.server.admission.draining:  # accepted just as the drain began
+            session.close(CloseCode.GOING_AWAY)
         try:
             session.send(self._hello())
             async with trio.open_nursery() as nursery:
@@ -271,7 +272,6 @@ class Connection:
                 due = deadlines.due(now)
                 if isinstance(due, CloseCode):
                     log.info("conn %d closing: %s", self.conn_id, due.name.lower())
-                    self.server.timed_out(due)
                     session.close(due)
                     return
                 if due:
@@ -317,7 +317,7 @@ class Connection:
         now = trio.current_time()
         verdict = bucket.offer(now)
         if verdict is not Verdict.ACCEPT:
-            self.server.rate_limited()
+            self.server.stats.rate_limited += 1
             if verdict is Verdict.REJECT:
                 error = ProtocolError(
                     ErrorCode.RATE_LIMITED,
@@ -329,6 +329,7 @@ class Connection:
                 log.info("conn %d closing: rate-limit abuse", self.conn_id)
                 session.close(CloseCode.RATE_LIMIT_ABUSE)
             return
+        self.server.stats.frames_in += 1
         fields: object = None
         try:
             fields = decode_frame(payload)
@@ -369,7 +370,9 @@ class Connection:
         registry = self.server.registry
         if isinstance(msg, m.CreateChatroom):
             self._check_room_quota(session)
-            handle = registry.create(host=aid, encrypted_room_key=msg.encrypted_room_key)
+            handle = await registry.create(host=aid, encrypted_room_key=msg.encrypted_room_key)
+            if handle is None:  # 128 random bits collided: vanishingly rare, but answer it
+                raise ProtocolError(ErrorCode.INTERNAL, "could not create a room; try again")
             await self._join(session, handle, Join(session, aid, msg.public_key, msg.id))
         elif isinstance(msg, m.JoinChatroom):
             found = registry.get(msg.room_id)
@@ -408,7 +411,7 @@ class Connection:
             )
 
     def _auth(self, session: Session, msg: m.Auth, deadlines: ConnectionDeadlines) -> None:
-        wall = time.time()
+        wall = self.server.wall_ms() / 1000
         identity = verify_token(self.server.token_secret, msg.token, now=wall)
         if session.aid is not None and identity.aid != session.aid:
             raise ProtocolError(

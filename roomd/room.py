@@ -36,6 +36,7 @@ import attrs
 
 from roomd import message as m
 from roomd.errors import ErrorCode, ProtocolError
+from roomd.store import RoomRecord
 
 Handle = Hashable
 Event = dict[str, Any]
@@ -100,6 +101,10 @@ class Room:
     message_id_prefix: str
     empty_since: int | None = None
     seq: int = 0
+    # The durable high-water mark of `seq`: no message may carry a seq above it
+    # until the shell has saved a higher one (see `durable_state`).
+    seq_reserved: int = 0
+    seq_block: int = 1000
     members: dict[str, Member] = attrs.field(factory=dict)
     _conn_aid: dict[Handle, str] = attrs.field(factory=dict)
     _all_conns: tuple[Handle, ...] | None = None
@@ -125,6 +130,46 @@ class Room:
             message_id_prefix=message_id_prefix,
             empty_since=now_ms,
         )
+
+    @classmethod
+    def from_record(
+        cls, record: RoomRecord, *, empty_since: int, max_members: int, message_id_prefix: str
+    ) -> Room:
+        """Return a restored room: empty, and numbering on from above every seq it ever sent."""
+        return cls(
+            room_id=record.room_id,
+            host=record.host,
+            encrypted_room_key=record.encrypted_room_key,
+            created_at=record.created_at,
+            max_members=max_members,
+            message_id_prefix=message_id_prefix,
+            empty_since=empty_since,
+            seq=record.seq_reserved,
+            seq_reserved=record.seq_reserved,
+        )
+
+    def to_record(self) -> RoomRecord:
+        """Return the durable fields of this room."""
+        return RoomRecord(
+            room_id=self.room_id,
+            host=self.host,
+            encrypted_room_key=self.encrypted_room_key,
+            created_at=self.created_at,
+            empty_since=self.empty_since,
+            seq_reserved=self.seq_reserved,
+        )
+
+    def durable_state(self) -> tuple[object, ...]:
+        """Return what the store keeps of this room that can change.
+
+        The shell compares it before and after each method and, when it changed,
+        saves `to_record()` before it carries out the method's effects.
+        """
+        return (self.host, self.encrypted_room_key, self.empty_since, self.seq_reserved)
+
+    def settle_seq(self) -> None:
+        """Lower the reservation to the last seq sent (before a clean stop, then save)."""
+        self.seq_reserved = self.seq
 
     # -- queries ---------------------------------------------------------------
 
@@ -345,6 +390,8 @@ class Room:
 
     def _message(self, conn: Handle, msg: m.SendMessage, now_ms: int) -> list[Effect]:
         aid = self._require_member(conn)
+        if self.seq >= self.seq_reserved:
+            self.seq_reserved = self.seq + self.seq_block
         self.seq += 1
         event: Event = {
             "type": "newMessage",

@@ -7,6 +7,11 @@ loop runs inside the room's `expiry_scope`, whose deadline is `room_ttl` after
 the room became empty and +inf while it has members: when it fires, the room is
 deleted with reason `expired`.
 
+Durability: when a command changes what the store keeps (host, key, emptiness,
+the `seq` reservation), the loop saves the room *before* anyone is told, so a
+crash can lose an unsent event but never resend a `seq`. On a clean stop each
+room saves its exact last `seq`, so a graceful restart numbers on without a gap.
+
 Connections talk to a room only through `RoomHandle.inbox_send`. A sender that
 finds the inbox closed (`trio.BrokenResourceError`) raced with the room's end and
 answers its client as if the room never existed.
@@ -17,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import secrets
-import time
+from collections.abc import Callable
 
 import attrs
 import trio
@@ -27,10 +32,14 @@ from roomd.config import Config
 from roomd.errors import ErrorCode, ProtocolError
 from roomd.room import Attached, Deleted, Deliver, Detached, Effect, Room
 from roomd.session import Session, fan_out
+from roomd.stats import Stats
+from roomd.store import RoomStore
 
 log = logging.getLogger("roomd.rooms")
 
 INBOX_SIZE = 256
+# A clean stop saves each room's last seq; bound how long that may take in all.
+SETTLE_TIMEOUT = 5.0
 
 
 @attrs.frozen
@@ -59,12 +68,21 @@ class Disconnect:
     reason: str
 
 
-Command = Join | Act | Disconnect
+@attrs.frozen
+class Evict:
+    """Remove every connection of `aid`, as the host's `kick` does (server API)."""
+
+    aid: str
 
 
-def wall_ms() -> int:
-    """Return the wall-clock time in Unix milliseconds (for `ts` and `createdAt`)."""
-    return time.time_ns() // 1_000_000
+@attrs.frozen
+class Remove:
+    """Delete the room; members get `roomDeleted {reason}` (server API)."""
+
+    reason: str
+
+
+Command = Join | Act | Disconnect | Evict | Remove
 
 
 def new_room_id() -> str:
@@ -72,12 +90,23 @@ def new_room_id() -> str:
     return secrets.token_urlsafe(16)
 
 
+def room_tag(room_id: str) -> str:
+    """Return a short, loggable name for a room: its id is the key to join it."""
+    return room_id[:6] + "…" if len(room_id) > 6 else room_id
+
+
 @attrs.define(eq=False)
 class RoomHandle:
-    """How the rest of roomd reaches one live room."""
+    """How the rest of roomd reaches one live room (and reads it, for the API)."""
 
-    room_id: str
+    room: Room
     inbox_send: trio.MemorySendChannel[Command]
+    ended: trio.Event = attrs.field(factory=trio.Event)
+
+    @property
+    def room_id(self) -> str:
+        """The id of the room."""
+        return self.room.room_id
 
 
 @attrs.define(eq=False)
@@ -86,41 +115,96 @@ class RoomRegistry:
 
     config: Config
     nursery: trio.Nursery
+    store: RoomStore
+    stats: Stats
+    wall_ms: Callable[[], int]
     rooms: dict[str, RoomHandle] = attrs.field(factory=dict)
 
     def get(self, room_id: str) -> RoomHandle | None:
         """Return the live room `room_id`, or None."""
         return self.rooms.get(room_id)
 
-    def create(
+    async def create(
         self, *, host: str | None, encrypted_room_key: bytes | None, room_id: str | None = None
-    ) -> RoomHandle:
-        """Start a new, empty room and return its handle; its creator joins next."""
+    ) -> RoomHandle | None:
+        """Store and start a new, empty room; None when `room_id` is taken.
+
+        The room exists (durably) once this returns; its creator joins next.
+        """
         room_id = room_id or new_room_id()
+        if room_id in self.rooms:
+            return None
         room = Room.new(
             room_id,
             host=host,
             encrypted_room_key=encrypted_room_key,
-            now_ms=wall_ms(),
+            now_ms=self.wall_ms(),
             max_members=self.config.max_members,
             message_id_prefix=secrets.token_urlsafe(6),
         )
+        if not await self.store.insert(room.to_record()) or room_id in self.rooms:
+            return None
+        log.info("room %s created", room_tag(room_id))
+        return self._start(room, trio.current_time() + self.config.room_ttl)
+
+    async def restore(self) -> tuple[int, int]:
+        """Start every stored room; delete those whose expiry passed while roomd was down.
+
+        Returns (rooms restored, rooms expired). A room that had members when
+        roomd stopped counts as empty since now.
+        """
+        now = self.wall_ms()
+        ttl_ms = self.config.room_ttl * 1000
+        restored = expired = 0
+        for record in await self.store.load():
+            empty_since = now if record.empty_since is None else record.empty_since
+            remaining_ms = empty_since + ttl_ms - now
+            if remaining_ms <= 0:
+                await self.store.delete(record.room_id)
+                expired += 1
+                continue
+            room = Room.from_record(
+                record,
+                empty_since=empty_since,
+                max_members=self.config.max_members,
+                message_id_prefix=secrets.token_urlsafe(6),
+            )
+            if record.empty_since is None:
+                await self.store.save(room.to_record())
+            self._start(room, trio.current_time() + remaining_ms / 1000)
+            restored += 1
+        return restored, expired
+
+    def _start(self, room: Room, expiry_deadline: float) -> RoomHandle:
         inbox_send, inbox_recv = trio.open_memory_channel[Command](INBOX_SIZE)
-        handle = self.rooms[room_id] = RoomHandle(room_id, inbox_send)
-        self.nursery.start_soon(self._run_room, room, inbox_recv, name=f"room {room_id}")
-        log.info("room %s created", room_id)
+        handle = self.rooms[room.room_id] = RoomHandle(room, inbox_send)
+        loop = RoomLoop(room, self)
+        self.nursery.start_soon(
+            self._run_room, loop, handle, inbox_recv, expiry_deadline, name="room loop"
+        )
         return handle
 
-    async def _run_room(self, room: Room, inbox_recv: trio.MemoryReceiveChannel[Command]) -> None:
-        loop = RoomLoop(room, self.config.room_ttl)
+    async def _run_room(
+        self,
+        loop: RoomLoop,
+        handle: RoomHandle,
+        inbox_recv: trio.MemoryReceiveChannel[Command],
+        expiry_deadline: float,
+    ) -> None:
+        room = loop.room
         try:
-            await loop.run(inbox_recv)
+            await loop.run(inbox_recv, expiry_deadline)
         finally:
             # No checkpoint from here to close(): nothing can be queued unanswered.
             del self.rooms[room.room_id]
             loop.answer_leftovers(inbox_recv)
             inbox_recv.close()
-        log.info("room %s deleted (%s)", room.room_id, loop.deleted_reason)
+            handle.ended.set()
+            with trio.CancelScope(shield=True), trio.move_on_after(SETTLE_TIMEOUT):
+                if loop.deleted_reason is None:
+                    room.settle_seq()
+                    await self.store.save(room.to_record())
+        log.info("room %s deleted (%s)", room_tag(room.room_id), loop.deleted_reason)
 
 
 @attrs.define(eq=False)
@@ -128,73 +212,100 @@ class RoomLoop:
     """Applies one room's commands in order and carries out their effects."""
 
     room: Room
-    room_ttl: float
+    registry: RoomRegistry
     deleted_reason: str | None = None
+    # What the store holds of the room, to know when a command changed it.
+    _saved: tuple[object, ...] = attrs.field(init=False)
 
-    async def run(self, inbox_recv: trio.MemoryReceiveChannel[Command]) -> None:
-        """Serve commands until the room is deleted or expires."""
-        with trio.CancelScope(deadline=trio.current_time() + self.room_ttl) as expiry_scope:
+    @_saved.default
+    def _initially_saved(self) -> tuple[object, ...]:
+        return self.room.durable_state()
+
+    async def run(self, inbox_recv: trio.MemoryReceiveChannel[Command], deadline: float) -> None:
+        """Serve commands until the room is deleted or its expiry deadline passes."""
+        ttl = self.registry.config.room_ttl
+        with trio.CancelScope(deadline=deadline) as expiry_scope:
             while self.deleted_reason is None:
                 command = await inbox_recv.receive()
                 # Apply everything already queued before yielding: one task switch per
-                # burst, not per command.
-                while True:
-                    self.apply(command)
-                    if self.deleted_reason is not None:
-                        return
-                    try:
-                        command = inbox_recv.receive_nowait()
-                    except trio.WouldBlock:
-                        break
+                # burst, not per command. Shielded: a command is applied whole or not at all.
+                with trio.CancelScope(shield=True):
+                    while True:
+                        await self.apply(command)
+                        if self.deleted_reason is not None:
+                            return
+                        try:
+                            command = inbox_recv.receive_nowait()
+                        except trio.WouldBlock:
+                            break
                 if self.room.is_empty:
                     if expiry_scope.deadline == math.inf:
-                        expiry_scope.deadline = trio.current_time() + self.room_ttl
+                        expiry_scope.deadline = trio.current_time() + ttl
                 else:
                     expiry_scope.deadline = math.inf
         if expiry_scope.cancelled_caught:
-            self.perform(self.room.delete("expired"))
+            with trio.CancelScope(shield=True):
+                await self.commit(self.room.delete("expired"))
 
-    def apply(self, command: Command) -> None:
+    async def apply(self, command: Command) -> None:
         """Apply one command; a refused one is answered with `error` and changes nothing."""
         room = self.room
+        now = self.registry.wall_ms()
         try:
             match command:
                 case Join(session, aid, public_key, request_id):
                     # The join is no longer pending, whatever its outcome: a repeated join
                     # of a room the session is already in attaches nothing.
                     session.joining.discard(room.room_id)
-                    effects = room.join(session, aid, public_key, wall_ms(), request_id)
+                    effects = room.join(session, aid, public_key, now, request_id)
                 case Act(session, msg):
-                    effects = room.handle(session, msg, wall_ms())
+                    effects = room.handle(session, msg, now)
                 case Disconnect(session, reason):
-                    effects = room.disconnect(session, reason, wall_ms())
+                    effects = room.disconnect(session, reason, now)
+                case Evict(aid):
+                    effects = room.remove_aid(aid, now)
+                case Remove(reason):
+                    effects = room.delete(reason)
         except ProtocolError as exc:
             self.refuse(command, exc)
             return
+        await self.commit(effects)
+
+    async def commit(self, effects: list[Effect]) -> None:
+        """Make the room's new state durable when it must be, then carry out `effects`."""
+        store = self.registry.store
+        if any(isinstance(effect, Deleted) for effect in effects):
+            await store.delete(self.room.room_id)
+        elif self.room.durable_state() != self._saved:
+            await store.save(self.room.to_record())
+        self._saved = self.room.durable_state()
         self.perform(effects)
 
     def refuse(self, command: Command, exc: ProtocolError) -> None:
-        """Answer `command` with the error `exc` (a `Disconnect` has no one to answer)."""
-        if isinstance(command, Disconnect):
+        """Answer `command` with the error `exc` (server commands have no one to answer)."""
+        if isinstance(command, Join):
+            command.session.joining.discard(self.room.room_id)
+            session, request_id = command.session, command.request_id
+        elif isinstance(command, Act):
+            session, request_id = command.session, command.msg.id
+        else:
+            log.debug("room %s: %s refused: %s", room_tag(self.room.room_id), command, exc.code)
             return
         event = exc.to_wire()
         event["roomId"] = self.room.room_id
-        if isinstance(command, Join):
-            command.session.joining.discard(self.room.room_id)
-            request_id = command.request_id
-        else:
-            request_id = command.msg.id
         if request_id is not None:
             event["id"] = request_id
-        command.session.send(event)
+        session.send(event)
 
     def perform(self, effects: list[Effect]) -> None:
         """Carry out the effects of one room method, in order."""
         room_id = self.room.room_id
+        stats = self.registry.stats
         for effect in effects:
             match effect:
                 case Deliver(to, event):
                     fan_out(to, event)
+                    stats.deliveries_out += len(to)
                 case Attached(session):
                     assert isinstance(session, Session)
                     session.joining.discard(room_id)

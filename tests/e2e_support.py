@@ -67,6 +67,7 @@ class RoomdProcess:
     url: str
     stderr_path: Path
     _stdout_reader: threading.Thread
+    api_url: str | None = None
 
     @classmethod
     def start(
@@ -79,7 +80,7 @@ class RoomdProcess:
         """
         stderr_path = data_dir / f"{log_name}.stderr"
         command = [sys.executable, "-m", "roomd", "serve", "--host", "127.0.0.1", "--port", "0"]
-        command += ["--data-dir", str(data_dir), *args]
+        command += ["--api-port", "0", "--data-dir", str(data_dir), *args]
         with stderr_path.open("wb") as stderr:
             proc = subprocess.Popen(
                 command,
@@ -108,7 +109,12 @@ class RoomdProcess:
             raise AssertionError(
                 f"roomd did not start: stdout {line!r}, stderr {stderr_path.read_text()!r}"
             )
-        return cls(proc, line.removeprefix("listening "), stderr_path, reader)
+        api_url = None
+        if "--no-api" not in args:
+            api_line = lines.get(timeout=STARTUP_TIMEOUT)
+            assert api_line is not None and api_line.startswith("api "), api_line
+            api_url = api_line.removeprefix("api ")
+        return cls(proc, line.removeprefix("listening "), stderr_path, reader, api_url)
 
     @property
     def base(self) -> str:

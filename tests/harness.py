@@ -68,6 +68,8 @@ class FakeListener(trio.abc.Listener[trio.abc.Stream]):
 def make_config(**overrides: Any) -> Config:
     """Return a config for tests: defaults of PROTOCOL.md plus `overrides`."""
     overrides.setdefault("max_conns_per_ip", 0)
+    overrides.setdefault("api", False)
+    overrides.setdefault("store", "memory")
     return Config(**overrides)
 
 

@@ -1,0 +1,268 @@
+"""The REST server API of SERVER_API.md: a small Starlette app served by hypercorn.
+
+The app runs on the same trio loop as the WebSocket listener, so it reads live
+room state directly and changes it only through the event bus (deletions, kicks)
+or the registry (creation), which keeps every change ordered in its room loop.
+Every route but `/healthz` needs `Authorization: Bearer <api key>`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from roomd.auth import mint_token
+from roomd.errors import ErrorCode, ProtocolError
+from roomd.message import MAX_ROOM_KEY, validate_aid, validate_room_id
+from roomd.metrics import CONTENT_TYPE, metrics_renderer
+from roomd.openapi import OPENAPI
+
+if TYPE_CHECKING:
+    from roomd.room import Room
+    from roomd.server import Server
+
+MAX_BODY = 64 * 1024
+MAX_TOKEN_TTL = 30 * 24 * 3600
+DEFAULT_TOKEN_TTL = 24 * 3600
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
+STATUS = {
+    ErrorCode.BAD_REQUEST: 400,
+    ErrorCode.UNAUTHENTICATED: 401,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.TOO_LARGE: 413,
+    ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.INTERNAL: 500,
+}
+
+
+class ApiError(Exception):
+    """An API request failed: answer `{"error": {code, message}}` with `status`."""
+
+    def __init__(self, code: ErrorCode, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status or STATUS[code]
+
+
+def json_response(body: object, status: int = 200) -> Response:
+    """Return `body` as a JSON response (blobs, if any, already base64)."""
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+def error_response(error: ApiError) -> Response:
+    """Return the SERVER_API.md error shape for `error`."""
+    body = {"error": {"code": str(error.code), "message": error.message}}
+    response = json_response(body, error.status)
+    if error.status == 401:
+        response.headers["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+def _b64(blob: bytes | None) -> str | None:
+    return None if blob is None else base64.b64encode(blob).decode("ascii")
+
+
+async def read_json_object(request: Request) -> dict[str, Any]:
+    """Return the request body as a JSON object; raise `ApiError` 400 or 413."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
+        raise ApiError(ErrorCode.TOO_LARGE, f"body is over {MAX_BODY} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise ApiError(ErrorCode.TOO_LARGE, f"body is over {MAX_BODY} bytes")
+    if not body:
+        return {}
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise ApiError(ErrorCode.BAD_REQUEST, "body is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise ApiError(ErrorCode.BAD_REQUEST, "body must be a JSON object")
+    return value
+
+
+def _field(validate: Callable[[Any], Any], value: object) -> Any:
+    try:
+        return validate(value)
+    except ProtocolError as exc:
+        raise ApiError(exc.code, exc.message, 400) from None
+
+
+def _room_key(value: object) -> bytes | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ApiError(ErrorCode.BAD_REQUEST, "field 'encryptedRoomKey' must be a base64 string")
+    try:
+        blob = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(
+            ErrorCode.BAD_REQUEST, "field 'encryptedRoomKey' is not valid base64"
+        ) from None
+    if len(blob) > MAX_ROOM_KEY:
+        raise ApiError(
+            ErrorCode.BAD_REQUEST, f"field 'encryptedRoomKey' is over {MAX_ROOM_KEY} bytes"
+        )
+    return blob
+
+
+def _int(name: str, value: object, low: int, high: int) -> int:
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ApiError(ErrorCode.BAD_REQUEST, f"'{name}' must be an integer in {low}..{high}")
+    return value
+
+
+def room_summary(room: Room) -> dict[str, Any]:
+    """Return the list entry of a room."""
+    return {
+        "roomId": room.room_id,
+        "host": room.host,
+        "memberCount": len(room.members),
+        "createdAt": room.created_at,
+        "emptySince": room.empty_since,
+    }
+
+
+def room_detail(room: Room) -> dict[str, Any]:
+    """Return the full view of a room."""
+    return {
+        "roomId": room.room_id,
+        "host": room.host,
+        "members": [{"aid": m.aid, "publicKey": _b64(m.public_key)} for m in room.members.values()],
+        "lastSeq": room.seq,
+        "createdAt": room.created_at,
+        "emptySince": room.empty_since,
+    }
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def build_app(server: Server, api_key: str) -> Starlette:
+    """Return the ASGI app of the server API, guarded by `api_key`."""
+    render_metrics = metrics_renderer(server)
+
+    def guarded(handler: Handler) -> Handler:
+        async def endpoint(request: Request) -> Response:
+            given = request.headers.get("authorization", "")
+            scheme, _, key = given.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                key.strip().encode(), api_key.encode()
+            ):
+                return error_response(ApiError(ErrorCode.UNAUTHENTICATED, "missing or bad API key"))
+            try:
+                return await handler(request)
+            except ApiError as exc:
+                return error_response(exc)
+
+        return endpoint
+
+    def room_or_404(room_id: str) -> Room:
+        handle = server.registry.get(room_id)
+        if handle is None:
+            raise ApiError(ErrorCode.NOT_FOUND, f"no room '{room_id}'")
+        return handle.room
+
+    async def healthz(request: Request) -> Response:
+        if server.admission.draining:
+            return json_response({"status": "draining"}, 503)
+        return json_response({"status": "ok"})
+
+    async def metrics(request: Request) -> Response:
+        return Response(render_metrics(), media_type=CONTENT_TYPE)
+
+    async def openapi(request: Request) -> Response:
+        return json_response(OPENAPI)
+
+    async def create_room(request: Request) -> Response:
+        body = await read_json_object(request)
+        room_id = body.get("roomId")
+        if room_id is not None:
+            room_id = _field(validate_room_id, room_id)
+        host = body.get("host")
+        if host is not None:
+            host = _field(validate_aid, host)
+        key = _room_key(body.get("encryptedRoomKey"))
+        room = await server.create_room(room_id=room_id, host=host, encrypted_room_key=key)
+        if room is None:
+            raise ApiError(ErrorCode.BAD_REQUEST, f"room '{room_id}' already exists", 409)
+        body = {"roomId": room.room_id, "host": room.host, "createdAt": room.created_at}
+        return json_response(body, 201)
+
+    async def list_rooms(request: Request) -> Response:
+        limit = _int("limit", request.query_params.get("limit", DEFAULT_PAGE), 1, MAX_PAGE)
+        after = request.query_params.get("after", "")
+        ids = sorted(room_id for room_id in server.registry.rooms if room_id > after)
+        page = ids[:limit]
+        rooms = [room_summary(server.registry.rooms[room_id].room) for room_id in page]
+        next_after = page[-1] if len(ids) > limit else None
+        return json_response({"rooms": rooms, "next": next_after})
+
+    async def get_room(request: Request) -> Response:
+        return json_response(room_detail(room_or_404(request.path_params["room_id"])))
+
+    async def delete_room(request: Request) -> Response:
+        room_id = request.path_params["room_id"]
+        room_or_404(room_id)
+        await server.delete_room(room_id)
+        return Response(status_code=204)
+
+    async def kick(request: Request) -> Response:
+        room = room_or_404(request.path_params["room_id"])
+        body = await read_json_object(request)
+        if "aid" not in body:
+            raise ApiError(ErrorCode.BAD_REQUEST, "field 'aid' is missing")
+        aid = _field(validate_aid, body["aid"])
+        if aid not in room.members:
+            raise ApiError(ErrorCode.NOT_FOUND, f"'{aid}' is not in room '{room.room_id}'")
+        await server.kick(room.room_id, aid)
+        return Response(status_code=204)
+
+    async def create_token(request: Request) -> Response:
+        body = await read_json_object(request)
+        aid = body.get("aid")
+        aid = "anon-" + secrets.token_urlsafe(12) if aid is None else _field(validate_aid, aid)
+        ttl = _int("ttl", body.get("ttl", DEFAULT_TOKEN_TTL), 1, MAX_TOKEN_TTL)
+        token, expires_at = mint_token(
+            server.token_secret, aid, now=server.wall_ms() / 1000, ttl=ttl
+        )
+        return json_response({"aid": aid, "token": token, "expiresAt": expires_at}, 201)
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        if status == 405:
+            return error_response(ApiError(ErrorCode.BAD_REQUEST, "method not allowed", 405))
+        if status == 404:
+            return error_response(ApiError(ErrorCode.NOT_FOUND, "no such route"))
+        return error_response(ApiError(ErrorCode.INTERNAL, "internal error"))
+
+    routes = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", guarded(metrics), methods=["GET"]),
+        Route("/openapi.json", guarded(openapi), methods=["GET"]),
+        Route("/v1/rooms", guarded(create_room), methods=["POST"]),
+        Route("/v1/rooms", guarded(list_rooms), methods=["GET"]),
+        Route("/v1/rooms/{room_id}", guarded(get_room), methods=["GET"]),
+        Route("/v1/rooms/{room_id}", guarded(delete_room), methods=["DELETE"]),
+        Route("/v1/rooms/{room_id}/kick", guarded(kick), methods=["POST"]),
+        Route("/v1/tokens", guarded(create_token), methods=["POST"]),
+    ]
+    return Starlette(routes=routes, exception_handlers={HTTPException: not_found})

@@ -1,0 +1,18 @@
+"""Plain counters of what roomd did, bumped on the hot path and read by /metrics."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import attrs
+
+
+@attrs.define(slots=True)
+class Stats:
+    """Counters since start; plain ints so the hot path pays one addition each."""
+
+    frames_in: int = 0
+    deliveries_out: int = 0
+    rate_limited: int = 0
+    handshakes_rejected: Counter[int] = attrs.field(factory=Counter)
+    closes: Counter[int] = attrs.field(factory=Counter)
