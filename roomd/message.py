@@ -92,7 +92,11 @@ def decode_blob(name: str, value: object, limit: int, *, text: bool) -> bytes:
         try:
             blob = base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
-            raise _bad(f"field '{name}' is not valid base64 (RFC 4648, padded)") from None
+            blob = None
+        # b64decode(validate=True) still lets '=' follow a complete quantum ("aGlh=");
+        # padded base64 of n bytes is exactly 4 * ceil(n / 3) characters.
+        if blob is None or len(value) != (len(blob) + 2) // 3 * 4:
+            raise _bad(f"field '{name}' is not valid base64 (RFC 4648, padded)")
     elif isinstance(value, bytes):
         blob = value
     else:

@@ -205,6 +205,13 @@ class BlockingClient:
         """Return the next message; raise `Silent` if none arrives within `timeout`."""
         return decode(self.recv_raw(timeout))
 
+    def recv_type(self, kind: str, timeout: float = RECV_TIMEOUT) -> dict[str, Any]:
+        """Return the next message of type `kind`, skipping others."""
+        while True:
+            message = self.recv(timeout)
+            if message["type"] == kind:
+                return message
+
     def request(self, message: dict[str, Any]) -> dict[str, Any]:
         """Send `message` and return the next message received."""
         self.send(message)

@@ -1,0 +1,160 @@
+"""Rooms survive restarts: SERVER_API.md's durability section, end to end and in-process."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from roomd.admission import Admission
+from roomd.server import Server
+from roomd.store import MemoryRoomStore, RoomStore
+
+from .conftest import SECRET
+from .e2e_support import RoomdProcess, WsClient, b64, roomd_processes
+from .harness import FakeListener, Harness, make_config
+
+Start = Callable[..., RoomdProcess]
+
+
+@pytest.fixture
+def start_roomd(tmp_path: Path) -> Iterator[Start]:
+    """Start `roomd serve` processes on demand; SIGTERM each one at teardown."""
+    yield from roomd_processes(tmp_path)
+
+
+KEY = b"\x01encrypted-room-key\xfe"
+DAY = 24 * 3600
+
+
+def _join(process: RoomdProcess, aid: str, room_id: str) -> tuple[WsClient, dict[str, object]]:
+    client = WsClient(process.url)
+    client.login(aid)
+    reply = client.request({"type": "joinChatroom", "roomId": room_id})
+    assert reply["type"] == "joinSuccess", reply
+    return client, reply
+
+
+def _send(client: WsClient, room_id: str, count: int) -> list[int]:
+    seqs = []
+    for n in range(count):
+        client.send({"type": "message", "roomId": room_id, "ciphertext": b64(b"m%d" % n)})
+        seqs.append(int(client.recv_type("newMessage")["seq"]))
+    return seqs
+
+
+@pytest.mark.e2e
+def test_rooms_and_seq_survive_sigkill(start_roomd: Start, tmp_path: Path) -> None:
+    """After kill -9 and a restart every room is back with key and host, and seq moves on."""
+    first = start_roomd("--rate", "1000", "--burst", "1000")
+    alice = WsClient(first.url)
+    alice.login("alice")
+    created = alice.request({"type": "createChatroom", "encryptedRoomKey": b64(KEY)})
+    room_id = str(created["roomId"])
+    bob, _ = _join(first, "bob", room_id)
+    sent = _send(alice, room_id, 7)
+    assert sent == list(range(1, 8))
+    first.proc.send_signal(signal.SIGKILL)
+    first.proc.wait(5)
+    alice.close()
+    bob.close()
+
+    second = start_roomd("--rate", "1000", "--burst", "1000", data_dir=tmp_path)
+    carol, joined = _join(second, "carol", room_id)
+    # The room kept its key; it was empty at start, so carol, joining it, became host.
+    assert joined["encryptedRoomKey"] == b64(KEY)
+    assert joined["lastSeq"] >= 7
+    (after,) = _send(carol, room_id, 1)
+    assert after > max(sent)
+    carol.close()
+
+
+@pytest.mark.e2e
+def test_graceful_restart_keeps_seq_contiguous_and_host(start_roomd: Start, tmp_path: Path) -> None:
+    """After SIGTERM and a restart the next seq is exactly one more, and the host is kept."""
+    first = start_roomd()
+    alice = WsClient(first.url)
+    alice.login("alice")
+    room_id = str(alice.request({"type": "createChatroom"})["roomId"])
+    assert _send(alice, room_id, 3) == [1, 2, 3]
+    alice.close()
+    assert first.stop() == 0
+
+    second = start_roomd(data_dir=tmp_path)
+    alice, joined = _join(second, "alice", room_id)
+    assert (joined["host"], joined["lastSeq"]) == ("alice", 3)
+    assert _send(alice, room_id, 1) == [4]
+    alice.close()
+
+
+@asynccontextmanager
+async def _server_on(store: RoomStore, wall_ms: Callable[[], int]) -> AsyncIterator[Harness]:
+    """Run one in-process server over `store`, with its wall clock on trio's clock."""
+    config = make_config()
+    server = Server(
+        config=config,
+        token_secret=SECRET,
+        admission=Admission(0),
+        store=store,
+        wall_ms=wall_ms,
+    )
+    listener = FakeListener()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run, [listener])
+        yield Harness(server, listener)
+        server.shutdown()
+
+
+def _mock_wall() -> Callable[[], int]:
+    """Return a wall clock (Unix ms) that advances with trio's (mock) clock."""
+    base = time.time_ns() // 1_000_000 - int(trio.current_time() * 1000)
+    return lambda: base + int(trio.current_time() * 1000)
+
+
+async def _room_left_empty(store: RoomStore, wall: Callable[[], int]) -> str:
+    async with _server_on(store, wall) as h:
+        (room_id, (alice,)) = await h.open_room("alice")
+        await alice.request({"type": "leaveChatroom", "roomId": room_id})
+    return room_id
+
+
+async def test_room_whose_ttl_ran_out_while_down_is_gone_at_start(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A room empty since before the stop, whose 24 h passed while down, is deleted at start."""
+    with trio.fail_after(3 * DAY):  # virtual time: the test sleeps through days
+        store = MemoryRoomStore()
+        wall = _mock_wall()
+        room_id = await _room_left_empty(store, wall)
+        assert room_id in store.records
+        await trio.sleep(DAY + 1)  # roomd is down for a day
+        async with _server_on(store, wall) as h:
+            assert h.server.registry.get(room_id) is None
+            assert room_id not in store.records
+            client = await h.login("bob", ttl=10 * DAY)
+            reply = await client.request({"type": "joinChatroom", "roomId": room_id})
+            assert reply["code"] == "notFound"
+
+
+async def test_room_with_ttl_left_resumes_its_countdown_after_a_restart(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A room down for less than its ttl is back, then expires when the rest runs out."""
+    with trio.fail_after(3 * DAY):  # virtual time: the test sleeps through days
+        store = MemoryRoomStore()
+        wall = _mock_wall()
+        room_id = await _room_left_empty(store, wall)
+        await trio.sleep(DAY - 1000)  # down for most of the room's ttl
+        async with _server_on(store, wall) as h:
+            assert h.server.registry.get(room_id) is not None
+            await trio.sleep(900)
+            assert h.server.registry.get(room_id) is not None
+            await trio.sleep(200)
+            assert h.server.registry.get(room_id) is None
+            assert room_id not in store.records
