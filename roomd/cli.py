@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import resource
 import signal
 import sys
 import time
@@ -37,6 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--ttl", type=int, default=DEFAULT_TOKEN_TTL, help="seconds it is valid")
     token.add_argument("--data-dir", type=Path, default=None, help="[ROOMD_DATA_DIR]")
     return parser
+
+
+def raise_open_file_limit() -> None:
+    """Raise the soft limit on open files to the hard limit: one fd per connection."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 async def serve(config: Config) -> None:
@@ -78,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    raise_open_file_limit()
     try:
         config = from_sources(args)
         trio.run(serve, config)
