@@ -13,6 +13,7 @@ import binascii
 import hmac
 import secrets
 from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -82,10 +83,12 @@ async def read_json_object(request: Request) -> dict[str, Any]:
     if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
         raise ApiError(ErrorCode.TOO_LARGE, f"body is over {MAX_BODY} bytes")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY:
-            raise ApiError(ErrorCode.TOO_LARGE, f"body is over {MAX_BODY} bytes")
+    # aclosing: leaving the stream early (413) must close it now, not at garbage collection.
+    async with aclosing(request.stream()) as chunks:
+        async for chunk in chunks:
+            body += chunk
+            if len(body) > MAX_BODY:
+                raise ApiError(ErrorCode.TOO_LARGE, f"body is over {MAX_BODY} bytes")
     if not body:
         return {}
     try:
@@ -123,11 +126,20 @@ def _room_key(value: object) -> bytes | None:
 
 
 def _int(name: str, value: object, low: int, high: int) -> int:
-    if isinstance(value, str) and value.isdigit():
-        value = int(value)
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise ApiError(ErrorCode.BAD_REQUEST, f"'{name}' must be an integer in {low}..{high}")
     return value
+
+
+def _query_int(request: Request, name: str, default: int, low: int, high: int) -> int:
+    text = request.query_params.get(name)
+    if text is None:
+        return default
+    # ASCII digits only (str.isdigit() also takes '²', which int() refuses), and few
+    # of them (int() refuses over 4300 digits).
+    digits = text.lstrip("0") or "0"
+    valid = digits.isascii() and digits.isdigit() and len(digits) <= len(str(high))
+    return _int(name, int(digits) if valid else None, low, high)
 
 
 def room_summary(room: Room) -> dict[str, Any]:
@@ -208,7 +220,7 @@ def build_app(server: Server, api_key: str) -> Starlette:
         return json_response(body, 201)
 
     async def list_rooms(request: Request) -> Response:
-        limit = _int("limit", request.query_params.get("limit", DEFAULT_PAGE), 1, MAX_PAGE)
+        limit = _query_int(request, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
         after = request.query_params.get("after", "")
         ids = sorted(room_id for room_id in server.registry.rooms if room_id > after)
         page = ids[:limit]

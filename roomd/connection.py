@@ -53,6 +53,7 @@ from roomd.deadline import ConnectionDeadlines
 from roomd.errors import CloseCode, ErrorCode, ProtocolError
 from roomd.rooms import Act, Command, Disconnect, Join, RoomHandle
 from roomd.session import Session
+from roomd.stats import Stats
 
 if TYPE_CHECKING:
     from roomd.server import Server
@@ -79,7 +80,7 @@ async def serve_connection(server: Server, stream: trio.abc.Stream, peer_ip: str
     try:
         request = None
         with trio.move_on_after(server.config.auth_timeout):
-            request = await _read_handshake(stream, ws)
+            request = await _read_handshake(stream, ws, server.stats)
         if request is None:
             return
         headers = [(name.lower(), value.decode("latin-1")) for name, value in request.extra_headers]
@@ -106,8 +107,10 @@ async def serve_connection(server: Server, stream: trio.abc.Stream, peer_ip: str
         await trio.aclose_forcefully(stream)
 
 
-async def _read_handshake(stream: trio.abc.Stream, ws: WSConnection) -> Request | None:
-    """Return the upgrade request, or None after answering a bad one or at EOF."""
+async def _read_handshake(
+    stream: trio.abc.Stream, ws: WSConnection, stats: Stats
+) -> Request | None:
+    """Return the upgrade request, or None after answering a bad one (counted) or at EOF."""
     while True:
         data = await stream.receive_some(RECEIVE_SIZE)
         if not data:
@@ -118,6 +121,7 @@ async def _read_handshake(stream: trio.abc.Stream, ws: WSConnection) -> Request 
                 if isinstance(event, Request):
                     return event
         except RemoteProtocolError as exc:
+            stats.handshakes_rejected[400] += 1
             await _reject(stream, ws, exc.event_hint)
             return None
 

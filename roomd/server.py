@@ -75,6 +75,18 @@ def _bound_port(listener: trio.abc.Listener[trio.abc.Stream]) -> int:
     return 0
 
 
+def _drop_hypercorn_eof_race(record: logging.LogRecord) -> bool:
+    """Keep every API log record but hypercorn 0.18's harmless send_eof race.
+
+    Its trio TCPServer closes a connection with `send_eof` outside its send lock;
+    a client that hangs up right after a response makes that raise
+    BusyResourceError, logged as "Error in ASGI Framework" though the response
+    was delivered. Nothing else is filtered.
+    """
+    exc = record.exc_info[1] if record.exc_info else None
+    return not isinstance(exc, trio.BusyResourceError)
+
+
 @attrs.frozen
 class Bound:
     """Where a started server listens: the WebSocket port, and the API's URL if served."""
@@ -105,6 +117,8 @@ class Server:
     sessions: set[Session] = attrs.field(factory=set)
     _conn_ids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
     _stopping: trio.Event = attrs.field(factory=trio.Event)
+    # Set once the WebSocket drain is over: the API answers /healthz 503 until then.
+    _drain_done: trio.Event = attrs.field(factory=trio.Event)
     _drained: trio.Event = attrs.field(factory=trio.Event)
 
     @classmethod
@@ -223,7 +237,7 @@ class Server:
                     hypercorn_serve,
                     app,  # type: ignore[arg-type]  # Starlette is ASGI; the stubs disagree
                     self._api_config(),
-                    shutdown_trigger=self._stopping.wait,
+                    shutdown_trigger=self._drain_done.wait,
                 )
                 api_url = (await server_nursery.start(serve_api))[0]
             async with trio.open_nursery() as connections:
@@ -238,6 +252,7 @@ class Server:
                 task_status.started(Bound(_bound_port(listeners[0]), api_url))
                 await self._stopping.wait()
                 await self._drain()
+                self._drain_done.set()
                 connections.cancel_scope.cancel()
             # Connections are gone (their rooms told); now stop the rooms, which save
             # their last seq on the way out.
@@ -248,7 +263,9 @@ class Server:
         api_config.bind = [f"{self.config.api_host}:{self.config.api_port}"]
         api_config.graceful_timeout = 1.0
         api_config.accesslog = None
-        api_config.errorlog = logging.getLogger("roomd.api")
+        api_log = logging.getLogger("roomd.api")
+        api_log.addFilter(_drop_hypercorn_eof_race)
+        api_config.errorlog = api_log
         return api_config
 
     async def _serve_stream(self, stream: trio.abc.Stream) -> None:

@@ -4,7 +4,8 @@
 `Client` is a small WebSocket client (wsproto, the same sans-I/O library a real
 client could use) over a trio memory stream, with full control over pongs so
 tests can play a silent or slow peer. Everything is in-process, so tests run on
-`MockClock(autojump_threshold=0)`.
+`MockClock(autojump_threshold=0)`; `running_api_server` adds the REST server API on a
+real loopback socket, so its tests run on the real clock.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 import struct
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from typing import Any
 
 import attrs
@@ -36,10 +37,12 @@ from wsproto.events import (
 from roomd.admission import Admission
 from roomd.auth import mint_token
 from roomd.config import Config
-from roomd.server import Server
+from roomd.server import Bound, Server
 from roomd.session import Session
 
 from .conftest import SECRET
+
+API_KEY = "test-api-key-3c9e1f7a5b2d4086"
 
 StreamPair = Callable[[], tuple[trio.abc.Stream, trio.abc.Stream]]
 
@@ -86,6 +89,8 @@ class Harness:
     listener: FakeListener
     # Set when `Server.run` has returned (after `server.shutdown()`).
     stopped: trio.Event = attrs.field(factory=trio.Event)
+    # The server API's base URL (`http://HOST:PORT`) when it is served.
+    api_url: str | None = None
 
     async def connect(
         self,
@@ -142,25 +147,37 @@ class Harness:
 
 
 @asynccontextmanager
-async def running_server(**overrides: Any) -> AsyncIterator[Harness]:
-    """Run a roomd server on a fake listener for the body of the `async with`."""
+async def running_server(*, api_key: str | None = None, **overrides: Any) -> AsyncIterator[Harness]:
+    """Run a roomd server on a fake listener for the body of the `async with`.
+
+    With `api_key` and `api=True` among the overrides it also serves the server API
+    (hypercorn on real sockets: use the real clock), at `Harness.api_url`.
+    """
     config = make_config(**overrides)
     server = Server(
         config=config,
         token_secret=SECRET,
         admission=Admission(config.max_conns_per_ip, config.allowed_origins),
+        api_key=api_key,
     )
     listener = FakeListener()
     harness = Harness(server, listener)
 
-    async def serve(task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(task_status: trio.TaskStatus[Bound] = trio.TASK_STATUS_IGNORED) -> None:
         await server.run([listener], task_status=task_status)
         harness.stopped.set()
 
     async with trio.open_nursery() as nursery:
-        await nursery.start(serve)
+        bound = await nursery.start(serve)
+        harness.api_url = bound.api_url
         yield harness
         nursery.cancel_scope.cancel()
+
+
+def running_api_server(**overrides: Any) -> AbstractAsyncContextManager[Harness]:
+    """Run a server that also serves the server API on a free loopback port, key `API_KEY`."""
+    overrides = {"api": True, "api_host": "127.0.0.1", "api_port": 0, **overrides}
+    return running_server(api_key=API_KEY, **overrides)
 
 
 @attrs.define(eq=False)
