@@ -172,6 +172,8 @@ class Connection:
                     await self.writer_done.wait()
                 nursery.cancel_scope.cancel()
             await self._close_handshake(session)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            session.close(CloseCode.ABNORMAL)  # the transport went away while closing
         except Exception:
             log.exception("conn %d internal error", self.conn_id)
             session.close(CloseCode.INTERNAL_ERROR)
@@ -235,10 +237,13 @@ class Connection:
             reply = self.peer_close.response()
         else:
             reply = CloseConnection(code=session.close_code or CloseCode.NORMAL)
+        # A close that wsproto made up for bad input (1002, 1007) leaves it OPEN: we
+        # speak first then and must wait for the peer's answer.
+        answering_peer = self.ws.state is ConnectionState.REMOTE_CLOSING
         with trio.move_on_after(config.close_timeout):
             await self.stream.send_all(self.ws.send(reply))
-            if self.peer_close is not None and self.peer_close.code != CloseCode.INVALID_PAYLOAD:
-                return  # we answered the peer's close frame: the handshake is complete
+            if answering_peer:
+                return  # the peer spoke first: the closing handshake is complete
             while True:  # we spoke first: read until the peer's close frame or EOF
                 data = await self.stream.receive_some(RECEIVE_SIZE)
                 if not data:
@@ -270,7 +275,10 @@ class Connection:
         bucket = LeakyBucket(rate=config.rate, burst=config.burst, updated=trio.current_time())
         while True:
             with trio.move_on_at(deadlines.next_wakeup()) as wakeup_scope:
-                data = await self.stream.receive_some(RECEIVE_SIZE)
+                try:
+                    data = await self.stream.receive_some(RECEIVE_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return  # reset by the peer: the same as EOF for us
             now = trio.current_time()
             if wakeup_scope.cancelled_caught:
                 due = deadlines.due(now)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
+import socket
 import ssl
 import stat
+import struct
 import subprocess
 import sys
 import threading
@@ -17,6 +20,8 @@ from typing import Any
 import pytest
 import trustme
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, Message, Request
 
 from .e2e_support import (
     CBOR,
@@ -433,3 +438,32 @@ def test_token_printed_by_the_cli_is_accepted_by_a_server_on_the_same_data_dir(
 def test_handshake_on_another_path_is_rejected_with_404(roomd: RoomdProcess) -> None:
     """A WebSocket handshake on a path other than /v1 gets HTTP 404."""
     assert rejection_status(roomd.base + "/other") == 404
+
+
+def test_peer_reset_mid_session_is_a_plain_disconnect(roomd: RoomdProcess) -> None:
+    """A client whose TCP connection is reset (RST) just leaves: the others see userLeft."""
+    host = WsClient(roomd.url)
+    host.login("alice")
+    room_id = host.request({"type": "createChatroom"})["roomId"]
+    address = roomd.url.removeprefix("ws://").removesuffix("/v1")
+    ip, port = address.rsplit(":", 1)
+    raw = socket.create_connection((ip, int(port)), timeout=5)
+    ws = WSConnection(ConnectionType.CLIENT)
+    raw.sendall(ws.send(Request(host=ip, target="/v1")))
+    accepted = False
+    while not accepted:
+        data = raw.recv(65536)
+        assert data, "server closed during the handshake"
+        ws.receive_data(data)
+        accepted = any(isinstance(event, AcceptConnection) for event in ws.events())
+    auth = {"type": "auth", "token": token("bob")}
+    join = {"type": "joinChatroom", "roomId": room_id}
+    for message in (auth, join):
+        raw.sendall(ws.send(Message(data=json.dumps(message))))
+    assert host.recv_type("userJoined")["aid"] == "bob"
+    # SO_LINGER 0: close() sends RST instead of FIN.
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    raw.close()
+    left = host.recv_type("userLeft")
+    assert (left["aid"], left["reason"]) == ("bob", "disconnected")
+    host.close()
