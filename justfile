@@ -21,5 +21,10 @@ token AID: _venv
     {{py}} -m pip install -q -e .
     {{venv}}/bin/roomd token {{AID}} --data-dir ./roomd-data
 
+# Run the benchmark suite (fresh roomd per scenario), or one: fanout, rooms, idle, churn.
+bench *ARGS: _venv
+    {{py}} -m pip install -q -e .
+    {{py}} -m bench {{ARGS}}
+
 _venv:
     test -x {{py}} || python3 -m venv {{venv}}
