@@ -409,7 +409,13 @@ class Connection:
 
     async def _send_to_room(self, handle: RoomHandle, command: Command) -> None:
         try:
-            await handle.inbox_send.send(command)
+            # Without a checkpoint when the inbox has room: the reader then hands a
+            # whole chunk of frames to the room in one scheduler turn, and the room
+            # and the writers handle them as one batch (one write per member).
+            try:
+                handle.inbox_send.send_nowait(command)
+            except trio.WouldBlock:
+                await handle.inbox_send.send(command)
         except trio.BrokenResourceError:
             raise ProtocolError(
                 ErrorCode.NOT_MEMBER, f"not a member of room '{handle.room_id}'"
