@@ -1,4 +1,4 @@
-"""The `roomd` command: `roomd serve` runs the daemon, `roomd token` mints a token."""
+"""The `roomd` command: `serve` runs the daemon, `token` mints a token, `api-key` prints the key."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import trio
 
 from roomd import __version__
-from roomd.auth import load_token_secret, mint_token
+from roomd.auth import load_api_key, load_token_secret, mint_token
 from roomd.config import Config, add_arguments, from_sources
 from roomd.errors import ConfigError, ProtocolError
 from roomd.server import Server
@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("aid", help="the identity the token proves")
     token.add_argument("--ttl", type=int, default=DEFAULT_TOKEN_TTL, help="seconds it is valid")
     token.add_argument("--data-dir", type=Path, default=None, help="[ROOMD_DATA_DIR]")
+    api_key = commands.add_parser("api-key", help="print the server API key")
+    api_key.add_argument("--data-dir", type=Path, default=None, help="[ROOMD_DATA_DIR]")
     return parser
 
 
@@ -70,11 +72,18 @@ async def serve(config: Config) -> None:
             nursery.start_soon(stop_on_signal)
 
 
+def _data_dir(args: argparse.Namespace) -> Path:
+    return args.data_dir or Path(os.environ.get("ROOMD_DATA_DIR", "roomd-data"))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Run `roomd` with `argv` (default: the process arguments)."""
     args = build_parser().parse_args(argv)
+    if args.command == "api-key":
+        print(load_api_key(_data_dir(args)))
+        return
     if args.command == "token":
-        data_dir = args.data_dir or Path(os.environ.get("ROOMD_DATA_DIR", "roomd-data"))
+        data_dir = _data_dir(args)
         try:
             token, _ = mint_token(
                 load_token_secret(data_dir), args.aid, now=time.time(), ttl=args.ttl

@@ -13,6 +13,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -467,3 +469,34 @@ def test_peer_reset_mid_session_is_a_plain_disconnect(roomd: RoomdProcess) -> No
     left = host.recv_type("userLeft")
     assert (left["aid"], left["reason"]) == ("bob", "disconnected")
     host.close()
+
+
+def test_api_key_printed_by_the_cli_opens_the_server_api(
+    start_roomd: Start, tmp_path: Path
+) -> None:
+    """`roomd api-key` prints the key the running server's API accepts (and only that key)."""
+    roomd = start_roomd(data_dir=tmp_path)
+    printed = subprocess.run(
+        [sys.executable, "-m", "roomd", "api-key", "--data-dir", str(tmp_path)],
+        env=clean_env(None),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    key = printed.stdout.strip()
+    assert roomd.api_url is not None
+
+    def list_rooms(api_key: str) -> int:
+        request = urllib.request.Request(
+            f"{roomd.api_url}/v1/rooms", headers={"Authorization": f"Bearer {api_key}"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as error:
+            error.close()
+            return error.code
+
+    assert list_rooms(key) == 200
+    assert list_rooms(key + "x") == 401
