@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 from wsproto import ConnectionType, WSConnection
+from wsproto.connection import Connection as WsConnection
 from wsproto.connection import ConnectionState
 from wsproto.events import (
     AcceptConnection,
@@ -51,6 +52,7 @@ from roomd.bucket import LeakyBucket, Verdict
 from roomd.codec import JSON, choose_codec, decode_frame
 from roomd.deadline import ConnectionDeadlines
 from roomd.errors import CloseCode, ErrorCode, ProtocolError
+from roomd.outbox import Outbox
 from roomd.rooms import Act, Command, Disconnect, Join, RoomHandle
 from roomd.session import Session
 from roomd.stats import Stats
@@ -98,7 +100,12 @@ async def serve_connection(server: Server, stream: trio.abc.Stream, peer_ip: str
             accept = AcceptConnection(subprotocol=codec.subprotocol if codec else None)
             await stream.send_all(ws.send(accept))
             log.info("conn %d open ip=%s codec=%s", conn_id, ip, (codec or JSON).subprotocol)
-            await Connection(server, stream, ws, conn_id).run(codec or JSON)
+            # Keep only the frame-level connection: the HTTP handshake state (h11,
+            # the request, its headers) would cost every idle connection memory.
+            established = ws.handshake.connection
+            assert established is not None
+            del ws, request, headers
+            await Connection(server, stream, established, conn_id).run(codec or JSON)
         finally:
             server.admission.release(ip)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -143,34 +150,41 @@ class Connection:
 
     server: Server
     stream: trio.abc.Stream
-    ws: WSConnection
+    ws: WsConnection
     conn_id: int
     session: Session | None = None
     peer_close: CloseConnection | None = None
-    writer_done: trio.Event = attrs.field(factory=trio.Event)
     _parts: list[Any] = attrs.field(factory=list)
     _size: int = 0
 
     async def run(self, codec: Any) -> None:
         """Serve the accepted connection until it closes, then leave every room."""
-        config = self.server.config
-        outbox_send, outbox_recv = trio.open_memory_channel[bytes](config.send_queue)
-        session = self.session = Session(self.conn_id, codec, outbox_send, trio.CancelScope())
-        self.server.sessions.add(session)
-        if self.server.admission.draining:  # accepted just as the drain began
+        server = self.server
+        config = server.config
+        outbox = Outbox.for_stream(
+            self.stream,
+            server.flusher,
+            limit=config.send_queue,
+            on_overflow=lambda: session.overflowed(),
+            on_broken=lambda: session.close(CloseCode.ABNORMAL),
+        )
+        session = self.session = Session(self.conn_id, codec, outbox, trio.CancelScope())
+        server.sessions.add(session)
+        if server.admission.draining:  # accepted just as the drain began
             session.close(CloseCode.GOING_AWAY)
         try:
-            session.send(self._hello())
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._write, outbox_recv)
+                outbox.nursery = nursery
+                session.send(self._hello())
                 with session.reader_scope:
                     await self._read(session)
                 # The first code set wins: ours if we were closing, else the peer's, else
                 # the stream just ended.
                 session.close(self.peer_close.code if self.peer_close else CloseCode.ABNORMAL)
                 with trio.move_on_after(config.close_timeout):
-                    await self.writer_done.wait()
-                nursery.cancel_scope.cancel()
+                    await outbox.wait_idle()
+                nursery.cancel_scope.cancel()  # a writer still stuck on a full socket
+            outbox.nursery = None
             await self._close_handshake(session)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             session.close(CloseCode.ABNORMAL)  # the transport went away while closing
@@ -178,7 +192,9 @@ class Connection:
             log.exception("conn %d internal error", self.conn_id)
             session.close(CloseCode.INTERNAL_ERROR)
         finally:
-            self.server.session_ended(session)
+            outbox.nursery = None
+            outbox.stop(drain=False)
+            server.session_ended(session)
             reason = (
                 "timeout" if session.close_code == CloseCode.HEARTBEAT_TIMEOUT else "disconnected"
             )
@@ -201,31 +217,12 @@ class Connection:
             },
         }
 
-    # -- writer ----------------------------------------------------------------
-
-    async def _write(self, outbox_recv: trio.MemoryReceiveChannel[bytes]) -> None:
-        session = self.session
-        assert session is not None
-        try:
-            async for frame in outbox_recv:
-                batch = [frame]
-                while True:
-                    try:
-                        batch.append(outbox_recv.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                await self.stream.send_all(b"".join(batch) if len(batch) > 1 else frame)
-                if session.close_code not in (None, CloseCode.GOING_AWAY, CloseCode.NORMAL):
-                    break  # closing for cause: what is still queued is not worth the wait
-            self.writer_done.set()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            session.close(CloseCode.ABNORMAL)
-
     # -- close -----------------------------------------------------------------
 
     async def _close_handshake(self, session: Session) -> None:
-        """Send the close frame (when the writer left the stream whole) and await the peer's."""
-        if session.close_code == CloseCode.ABNORMAL or not self.writer_done.is_set():
+        """Send the close frame (when the stream is whole and idle) and await the peer's."""
+        outbox = session.outbox
+        if session.close_code == CloseCode.ABNORMAL or outbox.torn or not outbox.is_idle:
             return
         if self.ws.state not in (
             ConnectionState.OPEN,

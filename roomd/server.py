@@ -37,6 +37,7 @@ from roomd.bus import BusEvent, DeleteRoom, EventBus, KickMember, LocalEventBus
 from roomd.config import Config
 from roomd.connection import serve_connection
 from roomd.errors import CloseCode
+from roomd.outbox import Flusher
 from roomd.room import Room
 from roomd.rooms import Evict, Remove, RoomRegistry
 from roomd.session import Session
@@ -113,6 +114,7 @@ class Server:
     # Wall-clock time (ts, createdAt, token checks); tests tie it to the mock clock.
     wall_ms: Callable[[], int] = wall_clock_ms
     stats: Stats = attrs.field(factory=Stats)
+    flusher: Flusher = attrs.field(factory=Flusher)
     registry: RoomRegistry = attrs.field(init=False)
     sessions: set[Session] = attrs.field(factory=set)
     _conn_ids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
@@ -229,6 +231,7 @@ class Server:
             restored, expired = await self.registry.restore()
             if restored or expired:
                 log.info("rooms restored: %d, expired while down: %d", restored, expired)
+            await server_nursery.start(self.flusher.run)
             await server_nursery.start(self.bus.run, self._deliver)
             api_url = None
             if self.config.api and self.api_key is not None:

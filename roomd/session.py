@@ -19,6 +19,7 @@ import trio
 from roomd.codec import Codec
 from roomd.errors import CloseCode
 from roomd.frame import build_frame
+from roomd.outbox import Outbox
 
 log = logging.getLogger("roomd.session")
 
@@ -29,7 +30,7 @@ class Session:
 
     conn_id: int
     codec: Codec
-    outbox_send: trio.MemorySendChannel[bytes]
+    outbox: Outbox
     reader_scope: trio.CancelScope
     aid: str | None = None
     rooms: set[str] = attrs.field(factory=set)
@@ -41,14 +42,13 @@ class Session:
         return build_frame(self.codec.encode(event), text=self.codec.text)
 
     def deliver(self, frame: bytes) -> None:
-        """Queue one frame for the writer; close 4003 when the queue is full."""
-        if self.close_code is not None:
-            return
-        try:
-            self.outbox_send.send_nowait(frame)
-        except trio.WouldBlock:
-            log.info("conn %d slow consumer: outbound queue full", self.conn_id)
-            self.close(CloseCode.SLOW_CONSUMER)
+        """Queue one frame for the socket; never blocks (a full queue closes 4003)."""
+        self.outbox.put(frame)
+
+    def overflowed(self) -> None:
+        """Close as a slow consumer: the outbound queue is full."""
+        log.info("conn %d slow consumer: outbound queue full", self.conn_id)
+        self.close(CloseCode.SLOW_CONSUMER)
 
     def send(self, event: dict[str, Any]) -> None:
         """Encode `event` for this session alone and queue it."""
@@ -57,13 +57,15 @@ class Session:
     def close(self, code: int) -> None:
         """Start closing with `code` (the first code wins); never blocks.
 
-        After this, nothing more is queued; the writer finishes, the connection
-        task sends the close frame and leaves every room.
+        After this, nothing more is queued; the outbox finishes (or drops) what
+        it holds, the connection task sends the close frame and leaves every room.
         """
         if self.close_code is not None:
             return
         self.close_code = code
-        self.outbox_send.close()
+        # A clean close (ours on shutdown, or the peer's 1000/1001) lets queued frames
+        # go out first; a close for cause drops them: they are not worth the wait.
+        self.outbox.stop(drain=code in (CloseCode.NORMAL, CloseCode.GOING_AWAY))
         self.reader_scope.cancel()
 
     @property
