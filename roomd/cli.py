@@ -80,7 +80,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Run `roomd` with `argv` (default: the process arguments)."""
     args = build_parser().parse_args(argv)
     if args.command == "api-key":
-        print(load_api_key(_data_dir(args)))
+        try:
+            print(load_api_key(_data_dir(args)))
+        except ConfigError as exc:
+            sys.exit(f"roomd api-key: {exc}")
         return
     if args.command == "token":
         data_dir = _data_dir(args)
@@ -90,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
         except ProtocolError as exc:
             sys.exit(f"roomd token: {exc.message}")
+        except ConfigError as exc:
+            sys.exit(f"roomd token: {exc}")
         print(token)
         return
     logging.basicConfig(

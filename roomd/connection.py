@@ -23,8 +23,8 @@ room this connection was in gets a `Disconnect`, however the connection ends.
 
 from __future__ import annotations
 
-import contextlib
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -114,6 +114,17 @@ async def serve_connection(server: Server, stream: trio.abc.Stream, peer_ip: str
         await trio.aclose_forcefully(stream)
 
 
+def _try_decode(payload: str | bytes) -> object:
+    try:
+        return decode_frame(payload)
+    except ProtocolError:
+        return None
+
+
+def _is_auth(fields: object) -> bool:
+    return isinstance(fields, Mapping) and fields.get("type") == "auth"
+
+
 async def _read_handshake(
     stream: trio.abc.Stream, ws: WSConnection, stats: Stats
 ) -> Request | None:
@@ -180,7 +191,7 @@ class Connection:
                     await self._read(session)
                 # The first code set wins: ours if we were closing, else the peer's, else
                 # the stream just ended.
-                session.close(self.peer_close.code if self.peer_close else CloseCode.ABNORMAL)
+                session.close(self._close_code_after_read())
                 with trio.move_on_after(config.close_timeout):
                     await outbox.wait_idle()
                 nursery.cancel_scope.cancel()  # a writer still stuck on a full socket
@@ -251,13 +262,28 @@ class Connection:
                         return
 
     async def _leave_rooms(self, session: Session, reason: str) -> None:
-        room_ids = session.member_of
-        with trio.CancelScope(shield=True), trio.move_on_after(self.server.config.close_timeout):
-            for room_id in room_ids:
-                handle = self.server.registry.get(room_id)
-                if handle is not None:
-                    with contextlib.suppress(trio.BrokenResourceError):  # the room ended
-                        await handle.inbox_send.send(Disconnect(session, reason))
+        """Tell every room this connection was in (or joining) that it is gone.
+
+        Each room gets its own bounded wait, and only when its inbox is full, so
+        one busy room cannot keep the others holding a dead member.
+        """
+        for room_id in session.member_of:
+            handle = self.server.registry.get(room_id)
+            if handle is None:
+                continue
+            command = Disconnect(session, reason)
+            try:
+                handle.inbox_send.send_nowait(command)
+            except trio.WouldBlock:
+                timeout = self.server.config.close_timeout
+                with trio.CancelScope(shield=True), trio.move_on_after(timeout) as scope:
+                    await handle.inbox_send.send(command)
+                if scope.cancelled_caught:
+                    log.warning(
+                        "conn %d: room %s did not take the leave", self.conn_id, room_id[:6]
+                    )
+            except trio.BrokenResourceError:
+                pass  # the room ended meanwhile
 
     # -- reader ----------------------------------------------------------------
 
@@ -293,7 +319,9 @@ class Connection:
             for event in self.ws.events():
                 if isinstance(event, TextMessage | BytesMessage):
                     self._parts.append(event.data)
-                    self._size += len(event.data)
+                    # max_frame is bytes; wsproto hands text frames over decoded.
+                    part = event.data
+                    self._size += len(part.encode()) if isinstance(part, str) else len(part)
                     if self._size > config.max_frame:
                         session.close(CloseCode.MESSAGE_TOO_BIG)
                         return
@@ -305,6 +333,20 @@ class Connection:
                 elif isinstance(event, CloseConnection):
                     self.peer_close = event
                     return
+
+    def _close_code_after_read(self) -> int:
+        """Return the code this connection closes with once the reader has stopped.
+
+        A close roomd decided on was set already (the first code wins). Otherwise
+        the peer closed cleanly (roomd answers 1000 on its side, whatever code the
+        peer chose: a client cannot make roomd count a timeout or a slow consumer),
+        or wsproto refused the input (1002, 1007), or the stream just ended.
+        """
+        if self.peer_close is None:
+            return CloseCode.ABNORMAL
+        if self.ws.state is ConnectionState.REMOTE_CLOSING:
+            return CloseCode.NORMAL
+        return self.peer_close.code
 
     def _take_payload(self) -> str | bytes:
         parts, self._parts, self._size = self._parts, [], 0
@@ -333,7 +375,8 @@ class Connection:
                     f"rate limit of {self.server.config.rate:g} messages/s exceeded",
                     retry_after=bucket.retry_after(now),
                 )
-                session.send(error.to_wire())
+                # Decoded only for its `id` and `roomId`: this happens once per run of refusals.
+                self._reply_error(session, error, *m.peek_context(_try_decode(payload)))
             elif verdict is Verdict.ABUSE:
                 log.info("conn %d closing: rate-limit abuse", self.conn_id)
                 session.close(CloseCode.RATE_LIMIT_ABUSE)
@@ -342,6 +385,8 @@ class Connection:
         fields: object = None
         try:
             fields = decode_frame(payload)
+            if session.aid is None and not _is_auth(fields):
+                raise ProtocolError(ErrorCode.UNAUTHENTICATED, "authenticate first: send auth")
             msg = m.parse_message(fields, text=isinstance(payload, str))
         except ProtocolError as exc:
             self._reply_error(session, exc, *m.peek_context(fields))

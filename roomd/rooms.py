@@ -38,7 +38,7 @@ from roomd.store import RoomStore
 log = logging.getLogger("roomd.rooms")
 
 INBOX_SIZE = 256
-# A clean stop saves each room's last seq; bound how long that may take in all.
+# A clean stop saves each room's last seq; bound how long one room's save may take.
 SETTLE_TIMEOUT = 5.0
 
 
@@ -140,7 +140,7 @@ class RoomRegistry:
             encrypted_room_key=encrypted_room_key,
             now_ms=self.wall_ms(),
             max_members=self.config.max_members,
-            message_id_prefix=secrets.token_urlsafe(6),
+            message_id_prefix=secrets.token_urlsafe(16),
         )
         if not await self.store.insert(room.to_record()) or room_id in self.rooms:
             return None
@@ -167,7 +167,7 @@ class RoomRegistry:
                 record,
                 empty_since=empty_since,
                 max_members=self.config.max_members,
-                message_id_prefix=secrets.token_urlsafe(6),
+                message_id_prefix=secrets.token_urlsafe(16),
             )
             if record.empty_since is None:
                 await self.store.save(room.to_record())
@@ -204,7 +204,10 @@ class RoomRegistry:
                 if loop.deleted_reason is None:
                     room.settle_seq()
                     await self.store.save(room.to_record())
-        log.info("room %s deleted (%s)", room_tag(room.room_id), loop.deleted_reason)
+        if loop.deleted_reason is None:
+            log.debug("room %s stopped", room_tag(room.room_id))
+        else:
+            log.info("room %s deleted (%s)", room_tag(room.room_id), loop.deleted_reason)
 
 
 @attrs.define(eq=False)
@@ -214,6 +217,8 @@ class RoomLoop:
     room: Room
     registry: RoomRegistry
     deleted_reason: str | None = None
+    # When the room expires (trio's clock); +inf while it has members.
+    expires_at: float = math.inf
     # What the store holds of the room, to know when a command changed it.
     _saved: tuple[object, ...] = attrs.field(init=False)
 
@@ -223,29 +228,35 @@ class RoomLoop:
 
     async def run(self, inbox_recv: trio.MemoryReceiveChannel[Command], deadline: float) -> None:
         """Serve commands until the room is deleted or its expiry deadline passes."""
-        ttl = self.registry.config.room_ttl
-        with trio.CancelScope(deadline=deadline) as expiry_scope:
-            while self.deleted_reason is None:
+        self.expires_at = deadline
+        while True:
+            # A fresh scope per wait: a deadline that passes while a command is being
+            # applied (a slow store) must not cancel the room after a join saved it.
+            with trio.move_on_at(self.expires_at) as expiry_scope:
                 command = await inbox_recv.receive()
-                # Apply everything already queued before yielding: one task switch per
-                # burst, not per command. Shielded: a command is applied whole or not at all.
+            if expiry_scope.cancelled_caught:
                 with trio.CancelScope(shield=True):
-                    while True:
-                        await self.apply(command)
-                        if self.deleted_reason is not None:
-                            return
-                        try:
-                            command = inbox_recv.receive_nowait()
-                        except trio.WouldBlock:
-                            break
-                if self.room.is_empty:
-                    if expiry_scope.deadline == math.inf:
-                        expiry_scope.deadline = trio.current_time() + ttl
-                else:
-                    expiry_scope.deadline = math.inf
-        if expiry_scope.cancelled_caught:
+                    await self.commit(self.room.delete("expired"))
+                return
+            # Apply everything already queued before yielding: one task switch per
+            # burst, not per command. Shielded: a command is applied whole or not at all.
             with trio.CancelScope(shield=True):
-                await self.commit(self.room.delete("expired"))
+                while True:
+                    await self.apply(command)
+                    if self.deleted_reason is not None:
+                        return
+                    self._track_expiry()
+                    try:
+                        command = inbox_recv.receive_nowait()
+                    except trio.WouldBlock:
+                        break
+
+    def _track_expiry(self) -> None:
+        """Start the countdown when the room has just become empty; stop it on a join."""
+        if not self.room.is_empty:
+            self.expires_at = math.inf
+        elif self.expires_at == math.inf:
+            self.expires_at = trio.current_time() + self.registry.config.room_ttl
 
     async def apply(self, command: Command) -> None:
         """Apply one command; a refused one is answered with `error` and changes nothing."""
@@ -289,7 +300,8 @@ class RoomLoop:
         elif isinstance(command, Act):
             session, request_id = command.session, command.msg.id
         else:
-            log.debug("room %s: %s refused: %s", room_tag(self.room.room_id), command, exc.code)
+            kind = type(command).__name__  # not the command: it would show room ids in full
+            log.debug("room %s: %s refused: %s", room_tag(self.room.room_id), kind, exc.code)
             return
         event = exc.to_wire()
         event["roomId"] = self.room.room_id

@@ -114,10 +114,10 @@ class SqliteRoomStore:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # WAL: a committed write survives the process being killed at any point.
+        # WAL + FULL: a committed write survives the process being killed, and power loss.
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(_SCHEMA)
         self._limiter = trio.CapacityLimiter(1)
 

@@ -371,6 +371,7 @@ async def test_creating_an_existing_room_id_is_409_and_changes_nothing() -> None
         (b'{"encryptedRoomKey": "not base64!"}', "key not base64"),
         (b'{"encryptedRoomKey": "QUI"}', "key without padding"),
         (b'{"encryptedRoomKey": "QU-_"}', "key in URL-safe base64"),
+        (b'{"encryptedRoomKey": "aGlh="}', "key with excess padding"),
         (b'{"encryptedRoomKey": "' + b64(bytes(4097)).encode() + b'"}', "key over 4 KiB"),
     ],
     ids=lambda value: value if isinstance(value, str) else "",

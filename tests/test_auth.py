@@ -17,7 +17,7 @@ from roomd.auth import (
     read_or_create_secret,
     verify_token,
 )
-from roomd.errors import ErrorCode, ProtocolError
+from roomd.errors import ConfigError, ErrorCode, ProtocolError
 
 from .conftest import SECRET
 
@@ -165,6 +165,21 @@ def test_an_existing_secret_file_is_read_and_stripped(tmp_path: Path) -> None:
     path = tmp_path / "token-secret"
     path.write_text(SECRET + "\n")
     assert read_or_create_secret(path) == SECRET
+
+
+def test_an_empty_secret_file_is_refused_not_used(tmp_path: Path) -> None:
+    """A secret file left empty (or too short) stops roomd instead of opening it to anyone."""
+    path = tmp_path / "api-key"
+    for content in ("", "short\n"):
+        path.write_text(content)
+        with pytest.raises(ConfigError, match="no usable secret"):
+            read_or_create_secret(path)
+
+
+def test_creating_the_secret_leaves_no_draft_behind(tmp_path: Path) -> None:
+    """Only the secret file itself remains in the directory after it is created."""
+    read_or_create_secret(tmp_path / "token-secret")
+    assert [p.name for p in tmp_path.iterdir()] == ["token-secret"]
 
 
 def test_load_token_secret_uses_the_data_dir_file(

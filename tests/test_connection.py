@@ -162,12 +162,14 @@ async def test_rate_limit_rejects_once_then_drops_until_drained(
         async with running_server(burst=3, rate=1) as h:
             client = await h.login("alice")  # frame 1
             room = (await client.request({"type": "createChatroom"}))["roomId"]  # frame 2
-            for _ in range(4):  # frames 3 to 6, sent at one instant
-                await client.send({"type": "message", "roomId": room, "ciphertext": "aGk="})
+            for n in range(4):  # frames 3 to 6, sent at one instant
+                await client.send(
+                    {"type": "message", "roomId": room, "ciphertext": "aGk=", "id": n}
+                )
             replies = await client.drain()
             assert sorted(r["type"] for r in replies) == ["error", "newMessage"]
             error = next(r for r in replies if r["type"] == "error")
-            assert error["code"] == "rateLimited"
+            assert (error["code"], error["id"], error["roomId"]) == ("rateLimited", 1, room)
             assert error["retryAfter"] == pytest.approx(1.0)
             await trio.sleep(3)
             for _ in range(3):
@@ -251,3 +253,41 @@ async def test_cbor_and_json_members_see_the_same_blob_bytes(
             await bob.send({"type": "message", "roomId": room, "ciphertext": blob[::-1]})
             assert base64.b64decode((await alice.recv())["ciphertext"]) == blob[::-1]
             assert (await bob.recv())["ciphertext"] == blob[::-1]
+
+
+async def test_anything_but_auth_before_auth_is_unauthenticated(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Before authOk even a malformed or unknown message gets unauthenticated, with its id."""
+    with trio.fail_after(30):
+        async with running_server() as h:
+            client = await h.connect()
+            for frame in ({"type": "message", "id": "m"}, {"type": "nope", "id": 7}, {"id": 8}):
+                reply = await client.request(frame)
+                assert (reply["code"], reply["id"]) == ("unauthenticated", frame["id"])
+            bad_auth = await client.request({"type": "auth", "id": "a"})
+            assert (bad_auth["code"], bad_auth["id"]) == ("badRequest", "a")
+
+
+async def test_max_frame_counts_bytes_not_characters(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A text frame under max_frame in characters but over it in UTF-8 bytes closes 1009."""
+    with trio.fail_after(30):
+        async with running_server(max_frame=1024) as h:
+            client = await h.login("alice")
+            await client.send_raw('{"type":"typing","x":"' + "\u20ac" * 400 + '"}')  # 1,200+ bytes
+            assert await client.expect_close() == 1009
+
+
+async def test_a_client_close_code_is_not_taken_for_roomd_s_own(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A client closing with 4002 has simply disconnected: the room hears `disconnected`."""
+    with trio.fail_after(30):
+        async with running_server() as h:
+            _, (alice, bob) = await h.open_room("alice", "bob")
+            await bob.close(4002)
+            left = await alice.recv_type("userLeft")
+            assert (left["aid"], left["reason"]) == ("bob", "disconnected")
+            assert h.server.stats.closes[4002] == 0

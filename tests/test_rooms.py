@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 import trio
 import trio.testing
+from wsproto.events import Message
 
 from .harness import Client, running_server
 
@@ -64,6 +66,30 @@ async def test_join_cancels_expiry_and_countdown_restarts_when_empty(
             await trio.sleep(2)
             assert h.server.registry.rooms == {}
             assert not h.server.registry.nursery.child_tasks
+
+
+async def test_a_join_and_leave_in_one_burst_restart_the_countdown(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A join and a leave applied together still restart the ttl from the leave."""
+    with trio.fail_after(4 * TTL):
+        async with running_server(heartbeat_interval=3600, heartbeat_timeout=7200) as h:
+            room, (alice,) = await h.open_room("alice")
+            await alice.close()
+            await trio.sleep(TTL - 10)
+            bob = await h.login("bob", ttl=3 * TTL)
+            # One write carrying both frames, so the room loop applies them in one batch.
+            join = {"type": "joinChatroom", "roomId": room}
+            leave = {"type": "leaveChatroom", "roomId": room}
+            frames = b"".join(
+                bob.ws.send(Message(data=orjson.dumps(m).decode())) for m in (join, leave)
+            )
+            await bob.stream.send_all(frames)
+            assert (await bob.recv_type("leftChatroom"))["reason"] == "left"
+            await trio.sleep(20)  # past the old deadline
+            assert room in h.server.registry.rooms
+            await trio.sleep(TTL)
+            assert h.server.registry.rooms == {}
 
 
 # -- fan-out and closing ----------------------------------------------------------
