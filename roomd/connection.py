@@ -1,20 +1,22 @@
 """One client connection, from the WebSocket handshake to the close frame.
 
-Each accepted connection runs a task group of two tasks:
+Each accepted connection runs a task group:
 
-- the reader: bytes -> wsproto events -> frames -> bucket -> decode -> dispatch.
-  It also keeps the connection's timers (`ConnectionDeadlines`): it sleeps in
-  `receive_some` no longer than the next deadline, then sends a ping or closes
-  with 4001 (auth timeout), 4002 (heartbeat timeout) or 4005 (token expired);
-- the writer: the only task that writes to the socket after the handshake. It
-  takes every frame queued in the outbox and writes them with one `send_all`.
+- the reader (the connection task itself): bytes -> wsproto events -> frames ->
+  bucket -> decode -> dispatch. It also keeps the connection's timers
+  (`ConnectionDeadlines`): it sleeps in `receive_some` no longer than the next
+  deadline, then sends a ping or closes with 4001 (auth timeout), 4002
+  (heartbeat timeout) or 4005 (token expired);
+- a writer, only while the socket refuses bytes: everything sent goes through
+  the connection's `Outbox` (outbox.py), which writes straight to the socket
+  once per scheduler turn and starts a writer task in this group for a backlog.
 
-DESIGN.md draws a third task for the heartbeat; folding its timers into the
-reader's receive deadline keeps each idle connection one task smaller.
+DESIGN.md draws a writer and a heartbeat task per connection; an idle roomd
+connection has only its reader.
 
 Closing: whoever decides to close calls `Session.close(code)`, which stops
-deliveries, closes the outbox and cancels the reader. The connection task then
-lets the writer finish what is queued (bounded by `close_timeout`), sends the
+deliveries, stops the outbox and cancels the reader. The connection task then
+lets the outbox finish what is queued (bounded by `close_timeout`), sends the
 close frame, waits (bounded) for the peer's, and leaves every room.
 
 Resource handling: the admission slot of the client IP is released, and every
