@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -28,10 +29,19 @@ class Recorder:
         self.broken += 1
 
 
-def _outbox(stream: trio.abc.Stream, flusher: Flusher, limit: int, rec: Recorder) -> Outbox:
-    return Outbox.for_stream(
-        stream, flusher, limit=limit, on_overflow=rec.overflow, on_broken=rec.broke
-    )
+@asynccontextmanager
+async def _running(stream: trio.abc.Stream, limit: int) -> AsyncIterator[tuple[Outbox, Recorder]]:
+    """Run a flusher and an outbox for `stream` in a nursery for the body of the block."""
+    rec = Recorder()
+    async with trio.open_nursery() as nursery:
+        flusher = Flusher()
+        await nursery.start(flusher.run)
+        outbox = Outbox.for_stream(
+            stream, flusher, limit=limit, on_overflow=rec.overflow, on_broken=rec.broke
+        )
+        outbox.nursery = nursery
+        yield outbox, rec
+        nursery.cancel_scope.cancel()
 
 
 async def _read_exactly(stream: trio.abc.Stream, size: int) -> bytes:
@@ -55,12 +65,7 @@ async def test_frames_put_in_one_turn_reach_the_socket_in_order(sockets: Pair) -
     """Everything put during a turn arrives, in order, through the direct socket write."""
     with trio.fail_after(5):
         server_end, client_end = sockets
-        rec = Recorder()
-        async with trio.open_nursery() as nursery:
-            flusher = Flusher()
-            await nursery.start(flusher.run)
-            outbox = _outbox(server_end, flusher, 100, rec)
-            outbox.nursery = nursery
+        async with _running(server_end, 100) as (outbox, rec):
             assert outbox.fd >= 0
             frames = [b"frame-%03d|" % n for n in range(50)]
             for frame in frames:
@@ -68,7 +73,6 @@ async def test_frames_put_in_one_turn_reach_the_socket_in_order(sockets: Pair) -
             await outbox.wait_idle()
             assert await _read_exactly(client_end, sum(map(len, frames))) == b"".join(frames)
             assert (outbox.queued, rec.overflows, rec.broken) == (0, 0, 0)
-            nursery.cancel_scope.cancel()
 
 
 async def test_what_the_kernel_refuses_goes_through_a_writer_without_loss(sockets: Pair) -> None:
@@ -76,12 +80,7 @@ async def test_what_the_kernel_refuses_goes_through_a_writer_without_loss(socket
     with trio.fail_after(10):
         server_end, client_end = sockets
         server_end.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-        rec = Recorder()
-        async with trio.open_nursery() as nursery:
-            flusher = Flusher()
-            await nursery.start(flusher.run)
-            outbox = _outbox(server_end, flusher, 10_000, rec)
-            outbox.nursery = nursery
+        async with _running(server_end, 10_000) as (outbox, rec):
             frames = [bytes([n % 251]) * 1000 for n in range(2000)]  # ~2 MB, far over SNDBUF
             for frame in frames[:1000]:
                 outbox.put(frame)
@@ -93,56 +92,38 @@ async def test_what_the_kernel_refuses_goes_through_a_writer_without_loss(socket
             await outbox.wait_idle()
             assert received == b"".join(frames)
             assert (outbox.queued, outbox.backlog, rec.overflows) == (0, None, 0)
-            nursery.cancel_scope.cancel()
 
 
 async def test_streams_without_a_socket_are_written_by_a_writer_task() -> None:
     """A memory (or TLS) stream gets its frames too, batched into one send per turn."""
     with trio.fail_after(5):
         server_end, client_end = trio.testing.memory_stream_pair()
-        rec = Recorder()
-        async with trio.open_nursery() as nursery:
-            flusher = Flusher()
-            await nursery.start(flusher.run)
-            outbox = _outbox(server_end, flusher, 100, rec)
-            outbox.nursery = nursery
+        async with _running(server_end, 100) as (outbox, _rec):
             assert outbox.fd == -1
             for n in range(10):
                 outbox.put(b"%d;" % n)
             await outbox.wait_idle()
             assert await _read_exactly(client_end, 20) == b"".join(b"%d;" % n for n in range(10))
-            nursery.cancel_scope.cancel()
 
 
 async def test_a_reader_that_never_reads_overflows_instead_of_growing() -> None:
     """Past `limit` unwritten frames the outbox reports an overflow once and takes no more."""
     with trio.fail_after(5):
         server_end, _client_end = trio.testing.lockstep_stream_pair()
-        rec = Recorder()
-        async with trio.open_nursery() as nursery:
-            flusher = Flusher()
-            await nursery.start(flusher.run)
-            outbox = _outbox(server_end, flusher, 8, rec)
-            outbox.nursery = nursery
+        async with _running(server_end, 8) as (outbox, rec):
             for n in range(20):
                 outbox.put(b"x%d" % n)
                 await trio.testing.wait_all_tasks_blocked()
             assert rec.overflows == 1
             assert not outbox.accepting
             assert outbox.queued == 9  # the frame that overflowed is counted, none after it
-            nursery.cancel_scope.cancel()
 
 
 async def test_stop_without_drain_drops_what_is_not_yet_written(sockets: Pair) -> None:
     """A close for cause drops queued frames: the peer gets nothing more."""
     with trio.fail_after(5):
         server_end, client_end = sockets
-        rec = Recorder()
-        async with trio.open_nursery() as nursery:
-            flusher = Flusher()
-            await nursery.start(flusher.run)
-            outbox = _outbox(server_end, flusher, 100, rec)
-            outbox.nursery = nursery
+        async with _running(server_end, 100) as (outbox, _rec):
             outbox.put(b"first")
             await outbox.wait_idle()
             outbox.put(b"dropped")
@@ -152,7 +133,6 @@ async def test_stop_without_drain_drops_what_is_not_yet_written(sockets: Pair) -
             await server_end.aclose()
             assert await client_end.receive_some(100) == b"first"
             assert await client_end.receive_some(100) == b""
-            nursery.cancel_scope.cancel()
 
 
 async def test_a_peer_that_is_gone_marks_the_outbox_broken(sockets: Pair) -> None:
@@ -160,15 +140,9 @@ async def test_a_peer_that_is_gone_marks_the_outbox_broken(sockets: Pair) -> Non
     with trio.fail_after(5):
         server_end, client_end = sockets
         await client_end.aclose()
-        rec = Recorder()
-        async with trio.open_nursery() as nursery:
-            flusher = Flusher()
-            await nursery.start(flusher.run)
-            outbox = _outbox(server_end, flusher, 100, rec)
-            outbox.nursery = nursery
+        async with _running(server_end, 100) as (outbox, rec):
             for _ in range(3):  # the first write may still succeed; a later one fails
                 outbox.put(b"x" * 100_000)
                 await trio.testing.wait_all_tasks_blocked()
             assert rec.broken >= 1
             assert outbox.torn
-            nursery.cancel_scope.cancel()
