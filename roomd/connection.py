@@ -186,18 +186,15 @@ class Connection:
         if server.admission.draining:  # accepted just as the drain began
             session.close(CloseCode.GOING_AWAY)
         try:
-            async with trio.open_nursery() as nursery:
-                outbox.nursery = nursery
-                session.send(self._hello())
-                with session.reader_scope:
-                    await self._read(session)
-                # The first code set wins: ours if we were closing, else the peer's, else
-                # the stream just ended.
-                session.close(self._close_code_after_read())
-                with trio.move_on_after(config.close_timeout):
-                    await outbox.wait_idle()
-                nursery.cancel_scope.cancel()  # a writer still stuck on a full socket
-            outbox.nursery = None
+            outbox.nursery = server.connections_nursery
+            session.send(self._hello())
+            with session.reader_scope:
+                await self._read(session)
+            session.close(self._close_code_after_read())
+            with trio.move_on_after(config.close_timeout):
+                await outbox.wait_idle()
+            if not outbox.is_idle:
+                outbox.abort()  # a writer still stuck on a full socket
             await self._close_handshake(session)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             session.close(CloseCode.ABNORMAL)  # the transport went away while closing
@@ -205,8 +202,7 @@ class Connection:
             log.exception("conn %d internal error", self.conn_id)
             session.close(CloseCode.INTERNAL_ERROR)
         finally:
-            outbox.nursery = None
-            outbox.stop(drain=False)
+            outbox.abort()
             server.session_ended(session)
             reason = (
                 "timeout" if session.close_code == CloseCode.HEARTBEAT_TIMEOUT else "disconnected"

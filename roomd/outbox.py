@@ -14,8 +14,9 @@ this module is the whole path from "frame bytes" to "bytes on the socket":
 3. A flush writes straight to the socket (`os.write` on its non-blocking file
    descriptor) when the connection has no backlog. Only what the kernel does
    not take at once (a slow or busy reader) goes to a writer task, started on
-   demand in the connection's nursery, which awaits `send_all` and ends when
-   the backlog is empty. Streams without a file descriptor (TLS, and the
+   demand in the server's connections nursery under its own cancel scope
+   (`abort` cancels it), which awaits `send_all` and ends when the backlog is
+   empty. Streams without a file descriptor (TLS, and the
    in-memory streams of the tests) always go through the writer task.
 
 So an idle connection holds no writer task and no channel, a fan-out to N
@@ -81,6 +82,7 @@ class Outbox:
     # A writer was cancelled halfway through a frame: nothing more may be written.
     torn: bool = False
     _idle: trio.Event | None = None
+    _writer_scope: trio.CancelScope | None = None
 
     @classmethod
     def for_stream(
@@ -154,7 +156,7 @@ class Outbox:
                 self._maybe_idle()
                 return
             data = data[sent:]
-        if self.nursery is None:  # the connection's task group is gone: nowhere to write
+        if self.nursery is None:  # the connection is over: nowhere to write
             self.torn = True
             self._maybe_idle()
             return
@@ -164,22 +166,32 @@ class Outbox:
         self.nursery.start_soon(self._write)
 
     async def _write(self) -> None:
-        try:
-            while self.backlog:
-                chunk = self.backlog[0] if len(self.backlog) == 1 else b"".join(self.backlog)
-                frames, self.backlog_frames = self.backlog_frames, 0
-                self.backlog.clear()
-                await self.stream.send_all(chunk)
-                self.queued -= frames
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+        with trio.CancelScope() as self._writer_scope:
+            try:
+                while self.backlog:
+                    chunk = self.backlog[0] if len(self.backlog) == 1 else b"".join(self.backlog)
+                    frames, self.backlog_frames = self.backlog_frames, 0
+                    self.backlog.clear()
+                    await self.stream.send_all(chunk)
+                    self.queued -= frames
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self.torn = True
+                self.on_broken()
+            except BaseException:
+                self.torn = True  # cancelled halfway through a write: the stream is unusable
+                raise
+            finally:
+                self.backlog = None
+                self._writer_scope = None
+                self._maybe_idle()
+
+    def abort(self) -> None:
+        """Write nothing more: drop what is queued and cancel a writer still at work."""
+        self.stop(drain=False)
+        self.nursery = None
+        if self._writer_scope is not None:
             self.torn = True
-            self.on_broken()
-        except BaseException:
-            self.torn = True  # cancelled halfway through a write: the stream is unusable
-            raise
-        finally:
-            self.backlog = None
-            self._maybe_idle()
+            self._writer_scope.cancel()
 
     def _maybe_idle(self) -> None:
         if self._idle is not None and self.is_idle:

@@ -115,6 +115,8 @@ class Server:
     wall_ms: Callable[[], int] = wall_clock_ms
     stats: Stats = attrs.field(factory=Stats)
     flusher: Flusher = attrs.field(factory=Flusher)
+    # Where connection tasks, and the writers of their outboxes, run.
+    connections_nursery: trio.Nursery | None = None
     registry: RoomRegistry = attrs.field(init=False)
     sessions: set[Session] = attrs.field(factory=set)
     _conn_ids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
@@ -244,6 +246,7 @@ class Server:
                 )
                 api_url = (await server_nursery.start(serve_api))[0]
             async with trio.open_nursery() as connections:
+                self.connections_nursery = connections
                 connections.start_soon(
                     partial(
                         trio.serve_listeners,
