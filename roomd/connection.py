@@ -26,6 +26,7 @@ room this connection was in gets a `Disconnect`, however the connection ends.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -294,11 +295,22 @@ class Connection:
             heartbeat_timeout=config.heartbeat_timeout,
         )
         bucket = LeakyBucket(rate=config.rate, burst=config.burst, updated=trio.current_time())
+        # On a plain TCP socket, wait for readability and read the descriptor directly:
+        # the same system call as receive_some, without the three coroutine frames that
+        # every idle connection would otherwise keep suspended.
+        fd = self.stream.socket.fileno() if isinstance(self.stream, trio.SocketStream) else -1
+        data: bytes | bytearray = b""
         while True:
             with trio.move_on_at(deadlines.next_wakeup()) as wakeup_scope:
                 try:
-                    data = await self.stream.receive_some(RECEIVE_SIZE)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    if fd >= 0:
+                        await trio.lowlevel.wait_readable(fd)
+                        data = os.read(fd, RECEIVE_SIZE)
+                    else:
+                        data = await self.stream.receive_some(RECEIVE_SIZE)
+                except BlockingIOError:
+                    continue  # woken without data after all: wait again
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     return  # reset by the peer: the same as EOF for us
             now = trio.current_time()
             if wakeup_scope.cancelled_caught:
