@@ -452,11 +452,11 @@ class Connection:
             await self._send_to_room(found, Act(session, msg))
 
     async def _join(self, session: Session, handle: RoomHandle, command: Join) -> None:
-        session.joining.add(handle.room_id)
+        session.join_pending(handle.room_id)
         try:
             await self._send_to_room(handle, command)
         except ProtocolError:
-            session.joining.discard(handle.room_id)
+            session.join_settled(handle.room_id)
             raise ProtocolError(ErrorCode.NOT_FOUND, f"no room '{handle.room_id}'") from None
 
     async def _send_to_room(self, handle: RoomHandle, command: Command) -> None:

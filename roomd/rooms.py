@@ -265,9 +265,9 @@ class RoomLoop:
         try:
             match command:
                 case Join(session, aid, public_key, request_id):
-                    # The join is no longer pending, whatever its outcome: a repeated join
-                    # of a room the session is already in attaches nothing.
-                    session.joining.discard(room.room_id)
+                    session.join_settled(room.room_id)
+                    if session.close_code is not None:
+                        return  # closed meanwhile: it may already have said its leaves
                     effects = room.join(session, aid, public_key, now, request_id)
                 case Act(session, msg):
                     effects = room.handle(session, msg, now)
@@ -295,7 +295,6 @@ class RoomLoop:
     def refuse(self, command: Command, exc: ProtocolError) -> None:
         """Answer `command` with the error `exc` (server commands have no one to answer)."""
         if isinstance(command, Join):
-            command.session.joining.discard(self.room.room_id)
             session, request_id = command.session, command.request_id
         elif isinstance(command, Act):
             session, request_id = command.session, command.msg.id
@@ -320,7 +319,6 @@ class RoomLoop:
                     stats.deliveries_out += len(to)
                 case Attached(session):
                     assert isinstance(session, Session)
-                    session.joining.discard(room_id)
                     session.rooms.add(room_id)
                 case Detached(session):
                     assert isinstance(session, Session)
@@ -335,5 +333,7 @@ class RoomLoop:
                 command = inbox_recv.receive_nowait()
             except trio.WouldBlock:
                 return
+            if isinstance(command, Join):
+                command.session.join_settled(self.room.room_id)
             code = ErrorCode.NOT_FOUND if isinstance(command, Join) else ErrorCode.NOT_MEMBER
             self.refuse(command, ProtocolError(code, f"room '{self.room.room_id}' is gone"))

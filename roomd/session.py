@@ -11,6 +11,7 @@ connection's reader sets `aid` and `joining`; room loops set `rooms` (through th
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import Any
 
 import attrs
@@ -34,7 +35,9 @@ class Session:
     reader_scope: trio.CancelScope
     aid: str | None = None
     rooms: set[str] = attrs.field(factory=set)
-    joining: set[str] = attrs.field(factory=set)
+    # Joins sent to a room and not yet applied there, per room (a multiset: a client
+    # may pipeline join, leave, join).
+    joining: Counter[str] = attrs.field(factory=Counter)
     close_code: int | None = None
 
     def frame(self, event: dict[str, Any]) -> bytes:
@@ -71,7 +74,19 @@ class Session:
     @property
     def member_of(self) -> set[str]:
         """Rooms this session is in or has asked to join."""
-        return self.rooms | self.joining
+        return self.rooms | self.joining.keys()
+
+    def join_pending(self, room_id: str) -> None:
+        """Record a join on its way to `room_id` (so a close tells that room too)."""
+        self.joining[room_id] += 1
+
+    def join_settled(self, room_id: str) -> None:
+        """Record that `room_id` has applied (or refused) one pending join."""
+        left = self.joining[room_id] - 1
+        if left > 0:
+            self.joining[room_id] = left
+        else:
+            del self.joining[room_id]
 
 
 def fan_out(sessions: Any, event: dict[str, Any]) -> None:

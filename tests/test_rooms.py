@@ -95,6 +95,26 @@ async def test_a_join_and_leave_in_one_burst_restart_the_countdown(
 # -- fan-out and closing ----------------------------------------------------------
 
 
+async def test_join_leave_join_then_drop_leaves_no_ghost_member(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A client that pipelines join, leave, join and vanishes is not left in the room."""
+    with trio.fail_after(30):
+        async with running_server() as h:
+            room, (alice,) = await h.open_room("alice")
+            bob = await h.login("bob")
+            join = {"type": "joinChatroom", "roomId": room}
+            leave = {"type": "leaveChatroom", "roomId": room}
+            frames = b"".join(
+                bob.ws.send(Message(data=orjson.dumps(m).decode())) for m in (join, leave, join)
+            )
+            await bob.stream.send_all(frames)
+            await bob.abort()
+            await trio.testing.wait_all_tasks_blocked()
+            await alice.drain()
+            assert list(h.server.registry.rooms[room].room.members) == ["alice"]
+
+
 async def test_slow_consumer_closed_with_4003_without_stalling_the_room(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
