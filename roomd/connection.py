@@ -25,6 +25,7 @@ room this connection was in gets a `Disconnect`, however the connection ends.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Mapping
@@ -160,7 +161,7 @@ async def _reject(stream: trio.abc.Stream, ws: WSConnection, status: int | Any) 
 
 @attrs.define(eq=False)
 class Connection:
-    """The reader, writer and close of one accepted WebSocket connection."""
+    """The reader and the close of one accepted WebSocket connection."""
 
     server: Server
     stream: trio.abc.Stream
@@ -200,8 +201,12 @@ class Connection:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             session.close(CloseCode.ABNORMAL)  # the transport went away while closing
         except Exception:
+            # A bug, not the peer's doing: log it loudly, tell the client 1011, carry on
+            # serving everyone else.
             log.exception("conn %d internal error", self.conn_id)
             session.close(CloseCode.INTERNAL_ERROR)
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await self._close_handshake(session)
         finally:
             outbox.abort()
             server.session_ended(session)
