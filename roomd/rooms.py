@@ -3,9 +3,11 @@
 Each room runs one task, its room loop: it takes commands from the room's inbox
 (a bounded memory channel), applies them to the `Room` and carries out the
 effects in order, so all of a room's state changes happen in that task. The
-loop runs inside the room's `expiry_scope`, whose deadline is `room_ttl` after
-the room became empty and +inf while it has members: when it fires, the room is
-deleted with reason `expired`.
+loop waits for each command inside an `expiry_scope` whose deadline is
+`expires_at`: `room_ttl` after the room became empty, +inf while it has members.
+When it fires, the room is deleted with reason `expired`. A fresh scope per wait
+means a deadline can only fire while the loop is idle, never halfway through
+applying a command.
 
 Durability: when a command changes what the store keeps (host, key, emptiness,
 the `seq` reservation), the loop saves the room *before* anyone is told, so a
