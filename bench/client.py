@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import binascii
 import itertools
+import os
 import time
 from array import array
 from collections import Counter
@@ -162,6 +163,10 @@ class Client:
         """Read and account frames until the connection closes."""
         data = self.rest
         self.rest = b""
+        # Wait on the descriptor and read it directly: the same system call as
+        # receive_some without its layers of coroutines, which at 20,000 frames/s
+        # would otherwise be a large part of the latency this client measures.
+        fd = self.stream.socket.fileno() if isinstance(self.stream, trio.SocketStream) else -1
         try:
             while True:
                 if data:
@@ -170,7 +175,17 @@ class Client:
                         await self.send_bytes(replies)
                     if self.closed.is_set():
                         return
-                data = await self.stream.receive_some(262144)
+                if fd < 0:
+                    data = await self.stream.receive_some(262144)
+                else:
+                    await trio.lowlevel.wait_readable(fd)
+                    try:
+                        data = os.read(fd, 262144)
+                    except BlockingIOError:
+                        data = b""
+                        continue
+                    except OSError:
+                        raise trio.BrokenResourceError from None
                 if not data:
                     if not self.closing:
                         self.sink.closes["eof"] += 1
