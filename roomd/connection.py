@@ -1,15 +1,12 @@
 """One client connection, from the WebSocket handshake to the close frame.
 
-Each accepted connection runs a task group:
-
-- the reader (the connection task itself): bytes -> wsproto events -> frames ->
-  bucket -> decode -> dispatch. It also keeps the connection's timers
-  (`ConnectionDeadlines`): it sleeps in `receive_some` no longer than the next
-  deadline, then sends a ping or closes with 4001 (auth timeout), 4002
-  (heartbeat timeout) or 4005 (token expired);
-- a writer, only while the socket refuses bytes: everything sent goes through
-  the connection's `Outbox` (outbox.py), which writes straight to the socket
-  once per scheduler turn and starts a writer task in this group for a backlog.
+Each accepted connection is one task, its reader: bytes -> wsproto events ->
+frames -> bucket -> decode -> dispatch. It also keeps the connection's timers
+(`ConnectionDeadlines`): it waits for the socket no longer than the next
+deadline, then sends a ping or closes with 4001 (auth timeout), 4002
+(heartbeat timeout) or 4005 (token expired). Everything sent goes through the
+connection's `Outbox` (outbox.py), which writes straight to the socket once per
+scheduler turn and starts a writer task only while the socket refuses bytes.
 
 DESIGN.md draws a writer and a heartbeat task per connection; an idle roomd
 connection has only its reader.
