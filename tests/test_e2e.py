@@ -414,20 +414,25 @@ def test_trio_websocket_client_shares_a_room_with_a_websockets_client(
     alice.close()
 
 
-def test_token_printed_by_the_cli_is_accepted_by_a_server_on_the_same_data_dir(
-    start_roomd: Start, tmp_path: Path
-) -> None:
-    """`roomd token` and `roomd serve` share the data dir's secret, stored with mode 0600."""
-    data_dir = tmp_path / "data"
+def roomd_cli(*args: str) -> str:
+    """Run `roomd ARGS` (no ROOMD_* variables set) and return what it printed."""
     printed = subprocess.run(
-        [sys.executable, "-m", "roomd", "token", "alice", "--data-dir", str(data_dir)],
+        [sys.executable, "-m", "roomd", *args],
         env=clean_env(None),
         capture_output=True,
         text=True,
         timeout=30,
         check=True,
     )
-    cli_token = printed.stdout.strip()
+    return printed.stdout.strip()
+
+
+def test_token_printed_by_the_cli_is_accepted_by_a_server_on_the_same_data_dir(
+    start_roomd: Start, tmp_path: Path
+) -> None:
+    """`roomd token` and `roomd serve` share the data dir's secret, stored with mode 0600."""
+    data_dir = tmp_path / "data"
+    cli_token = roomd_cli("token", "alice", "--data-dir", str(data_dir))
     assert stat.S_IMODE(os.stat(data_dir / "token-secret").st_mode) == 0o600
     roomd = start_roomd(secret=None, data_dir=data_dir)
     client = WsClient(roomd.url)
@@ -477,15 +482,7 @@ def test_api_key_printed_by_the_cli_opens_the_server_api(
 ) -> None:
     """`roomd api-key` prints the key the running server's API accepts (and only that key)."""
     roomd = start_roomd(data_dir=tmp_path)
-    printed = subprocess.run(
-        [sys.executable, "-m", "roomd", "api-key", "--data-dir", str(tmp_path)],
-        env=clean_env(None),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    key = printed.stdout.strip()
+    key = roomd_cli("api-key", "--data-dir", str(tmp_path))
     assert roomd.api_url is not None
 
     def list_rooms(api_key: str) -> int:
