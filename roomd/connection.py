@@ -164,7 +164,6 @@ class Connection:
     stream: trio.abc.Stream
     ws: WsConnection
     conn_id: int
-    session: Session | None = None
     peer_close: CloseConnection | None = None
     _parts: list[Any] = attrs.field(factory=list)
     _size: int = 0
@@ -180,7 +179,7 @@ class Connection:
             on_overflow=lambda: session.overflowed(),
             on_broken=lambda: session.close(CloseCode.ABNORMAL),
         )
-        session = self.session = Session(self.conn_id, codec, outbox, trio.CancelScope())
+        session = Session(self.conn_id, codec, outbox, trio.CancelScope())
         server.sessions.add(session)
         if server.admission.draining:  # accepted just as the drain began
             session.close(CloseCode.GOING_AWAY)
@@ -431,8 +430,7 @@ class Connection:
             self._auth(session, msg, deadlines)
             return
         aid = session.aid
-        if aid is None:
-            raise ProtocolError(ErrorCode.UNAUTHENTICATED, "authenticate first: send auth")
+        assert aid is not None, "_on_frame answers every other message before auth"
         registry = self.server.registry
         if isinstance(msg, m.CreateChatroom):
             self._check_room_quota(session)

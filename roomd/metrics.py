@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from roomd.server import Server
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-REJECT_REASONS = {
+REJECT_LABELS = {
     400: "bad_request",
     403: "origin",
     404: "path",
@@ -54,7 +54,7 @@ class RoomdCollector(Collector):
         rejected = CounterMetricFamily(
             "roomd_handshakes_rejected", "WebSocket handshakes rejected.", labels=["reason"]
         )
-        for status, reason in REJECT_REASONS.items():
+        for status, reason in REJECT_LABELS.items():
             rejected.add_metric([reason], stats.handshakes_rejected[status])
         yield rejected
         yield _counter(

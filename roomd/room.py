@@ -36,7 +36,7 @@ import attrs
 
 from roomd import message as m
 from roomd.errors import ErrorCode, ProtocolError
-from roomd.store import RoomRecord
+from roomd.store import SEQ_BLOCK, RoomRecord
 
 Handle = Hashable
 Event = dict[str, Any]
@@ -104,7 +104,7 @@ class Room:
     # The durable high-water mark of `seq`: no message may carry a seq above it
     # until the shell has saved a higher one (see `durable_state`).
     seq_reserved: int = 0
-    seq_block: int = 1000
+    seq_block: int = SEQ_BLOCK
     members: dict[str, Member] = attrs.field(factory=dict)
     _conn_aid: dict[Handle, str] = attrs.field(factory=dict)
     _all_conns: tuple[Handle, ...] | None = None

@@ -1,11 +1,12 @@
 """One connection as the rest of roomd sees it: who it is and how to reach it.
 
 A `Session` is created when a handshake is accepted and lives until the
-connection's task group ends. Room loops deliver to it with `deliver`, which never
+connection's task ends. Room loops deliver to it through its outbox, which never
 blocks: a full outbound queue means a slow consumer, and the session is closed
-with 4003 rather than making the room wait. Every field has one writer: the
-connection's reader sets `aid` and `joining`; room loops set `rooms` (through the
-`Attached`/`Detached` effects); whoever closes first sets `close_code`.
+with 4003 rather than making the room wait. Who writes what: the connection's
+reader sets `aid` and counts a join into `joining`; the room loop that applies
+the join counts it out and sets `rooms` (through the `Attached`/`Detached`
+effects); whoever closes first sets `close_code`.
 """
 
 from __future__ import annotations
@@ -96,4 +97,4 @@ def fan_out(sessions: Any, event: dict[str, Any]) -> None:
         frame = frames.get(session.codec)
         if frame is None:
             frame = frames[session.codec] = session.frame(event)
-        session.deliver(frame)
+        session.outbox.put(frame)

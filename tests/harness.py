@@ -229,6 +229,11 @@ class Client:
         else:
             await self.send_raw(orjson.dumps(message).decode())
 
+    async def send_together(self, *messages: dict[str, Any]) -> None:
+        """Send several messages in one write, so the server reads them in one chunk."""
+        frames = [self.ws.send(TextMessage(data=orjson.dumps(m).decode())) for m in messages]
+        await self.stream.send_all(b"".join(frames))
+
     async def send_raw(self, data: str | bytes) -> None:
         """Send one text (str) or binary (bytes) frame as it is."""
         message = TextMessage(data=data) if isinstance(data, str) else BytesMessage(data=data)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 import pytest
 import trio
 import trio.testing
-from wsproto.events import Message
 
-from .harness import Client, running_server
+from roomd.rooms import Join
+
+from .harness import Client, Harness, running_server
 
 TTL = 24 * 3600.0
 
@@ -42,6 +42,14 @@ async def test_empty_room_expires_after_room_ttl(autojump_clock: trio.testing.Mo
             assert (reply["type"], reply["code"], reply["id"]) == ("error", "notFound", "j")
 
 
+async def _emptied_nearly_ttl_ago(h: Harness) -> tuple[str, Client]:
+    """Return a room alice created and left TTL - 10 s ago, and a logged-in bob."""
+    room, (alice,) = await h.open_room("alice")
+    await alice.close()
+    await trio.sleep(TTL - 10)
+    return room, await h.login("bob", ttl=3 * TTL)
+
+
 async def test_join_cancels_expiry_and_countdown_restarts_when_empty(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -49,10 +57,7 @@ async def test_join_cancels_expiry_and_countdown_restarts_when_empty(
     with trio.fail_after(4 * TTL):
         # Hourly pings instead of every 25 s: the same test, 100 times fewer wake-ups.
         async with running_server(heartbeat_interval=3600, heartbeat_timeout=7200) as h:
-            room, (alice,) = await h.open_room("alice")
-            await alice.close()
-            await trio.sleep(TTL - 10)
-            bob = await h.login("bob", ttl=3 * TTL)
+            room, bob = await _emptied_nearly_ttl_ago(h)
             reply = await bob.request({"type": "joinChatroom", "roomId": room})
             assert (reply["type"], reply["host"]) == ("joinSuccess", "bob")
             assert await bob.listen(TTL + 100) == [
@@ -74,17 +79,11 @@ async def test_a_join_and_leave_in_one_burst_restart_the_countdown(
     """A join and a leave applied together still restart the ttl from the leave."""
     with trio.fail_after(4 * TTL):
         async with running_server(heartbeat_interval=3600, heartbeat_timeout=7200) as h:
-            room, (alice,) = await h.open_room("alice")
-            await alice.close()
-            await trio.sleep(TTL - 10)
-            bob = await h.login("bob", ttl=3 * TTL)
+            room, bob = await _emptied_nearly_ttl_ago(h)
             # One write carrying both frames, so the room loop applies them in one batch.
-            join = {"type": "joinChatroom", "roomId": room}
-            leave = {"type": "leaveChatroom", "roomId": room}
-            frames = b"".join(
-                bob.ws.send(Message(data=orjson.dumps(m).decode())) for m in (join, leave)
+            await bob.send_together(
+                {"type": "joinChatroom", "roomId": room}, {"type": "leaveChatroom", "roomId": room}
             )
-            await bob.stream.send_all(frames)
             assert (await bob.recv_type("leftChatroom"))["reason"] == "left"
             await trio.sleep(20)  # past the old deadline
             assert room in h.server.registry.rooms
@@ -95,24 +94,24 @@ async def test_a_join_and_leave_in_one_burst_restart_the_countdown(
 # -- fan-out and closing ----------------------------------------------------------
 
 
-async def test_join_leave_join_then_drop_leaves_no_ghost_member(
+async def test_a_join_arriving_after_its_connection_closed_is_not_applied(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """A client that pipelines join, leave, join and vanishes is not left in the room."""
+    """A join still queued when its connection went (and left) leaves no ghost member."""
     with trio.fail_after(30):
         async with running_server() as h:
             room, (alice,) = await h.open_room("alice")
             bob = await h.login("bob")
-            join = {"type": "joinChatroom", "roomId": room}
-            leave = {"type": "leaveChatroom", "roomId": room}
-            frames = b"".join(
-                bob.ws.send(Message(data=orjson.dumps(m).decode())) for m in (join, leave, join)
-            )
-            await bob.stream.send_all(frames)
+            session = h.session_of("bob")
             await bob.abort()
             await trio.testing.wait_all_tasks_blocked()
-            await alice.drain()
-            assert list(h.server.registry.rooms[room].room.members) == ["alice"]
+            assert session.close_code is not None  # gone, and its leaves already sent
+            # A join that sat behind a full inbox reaches the room only now.
+            handle = h.server.registry.rooms[room]
+            await handle.inbox_send.send(Join(session, "bob", None, None))
+            await trio.testing.wait_all_tasks_blocked()
+            assert list(handle.room.members) == ["alice"]
+            assert await alice.drain() == []
 
 
 async def test_slow_consumer_closed_with_4003_without_stalling_the_room(
