@@ -16,12 +16,11 @@ from pathlib import Path
 import trio
 
 from roomd import __version__
-from roomd.auth import load_api_key, load_token_secret, mint_token
 from roomd.config import Config, add_arguments, from_sources
+from roomd.core.token import DEFAULT_TTL, mint_token
+from roomd.datadir import load_api_key, load_token_secret
 from roomd.errors import ConfigError, ProtocolError
-from roomd.server import Server
-
-DEFAULT_TOKEN_TTL = 24 * 3600
+from roomd.node import Node
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     token = commands.add_parser("token", help="print a token for an AID")
     token.add_argument("aid", help="the identity the token proves")
-    token.add_argument("--ttl", type=int, default=DEFAULT_TOKEN_TTL, help="seconds it is valid")
+    token.add_argument("--ttl", type=int, default=DEFAULT_TTL, help="seconds it is valid")
     token.add_argument("--data-dir", type=Path, default=None, help="[ROOMD_DATA_DIR]")
     api_key = commands.add_parser("api-key", help="print the server API key")
     api_key.add_argument("--data-dir", type=Path, default=None, help="[ROOMD_DATA_DIR]")
@@ -53,10 +52,10 @@ def raise_open_file_limit() -> None:
 
 async def serve(config: Config) -> None:
     """Run the daemon until SIGINT or SIGTERM, then shut down gracefully."""
-    server = Server.from_config(config)
+    node = Node.from_config(config)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            bound = await nursery.start(server.run)
+            bound = await nursery.start(node.run)
             scheme = "wss" if config.tls else "ws"
             host = f"[{config.host}]" if ":" in config.host else config.host
             print(f"listening {scheme}://{host}:{bound.port}/v1", flush=True)
@@ -66,7 +65,7 @@ async def serve(config: Config) -> None:
             async def stop_on_signal() -> None:
                 async for signum in signals:
                     logging.getLogger("roomd.cli").info("signal %d: stopping", signum)
-                    server.shutdown()
+                    node.shutdown()
                     return
 
             nursery.start_soon(stop_on_signal)

@@ -10,7 +10,9 @@ from typing import Any
 
 import attrs
 
-from roomd.admission import Network, parse_networks
+from roomd import PROTOCOL_NAME
+from roomd.core.admission import Network, parse_networks
+from roomd.core.connection import ConnectionLimits
 from roomd.errors import ConfigError
 
 
@@ -47,6 +49,20 @@ class Config:
     def tls(self) -> bool:
         """True when the listener speaks wss (a certificate and key are set)."""
         return self.tls_cert is not None
+
+    def connection_limits(self) -> ConnectionLimits:
+        """Return the settings the rules of every connection apply."""
+        return ConnectionLimits(
+            protocol=PROTOCOL_NAME,
+            auth_timeout=self.auth_timeout,
+            heartbeat_interval=self.heartbeat_interval,
+            heartbeat_timeout=self.heartbeat_timeout,
+            rate=self.rate,
+            burst=self.burst,
+            max_frame=self.max_frame,
+            max_members=self.max_members,
+            max_rooms_per_conn=self.max_rooms_per_conn,
+        )
 
 
 # (name, type, help). The flag is --name-with-dashes; the variable ROOMD_NAME.

@@ -1,4 +1,9 @@
-"""The error hierarchy: protocol error codes and WebSocket close codes."""
+"""The error hierarchy: protocol error codes, WebSocket close codes, HTTP statuses.
+
+Every error roomd raises on purpose is a `RoomdError`: `ProtocolError` for a
+client message that broke a rule, `ApiError` for a server API request that did,
+`ConfigError` for a setting out of range.
+"""
 
 from __future__ import annotations
 
@@ -54,12 +59,34 @@ class ProtocolError(RoomdError):
         self.message = message
         self.retry_after = retry_after
 
-    def to_wire(self) -> dict[str, object]:
-        """Return the `error` message body for this error (without `id`/`roomId`)."""
-        body: dict[str, object] = {"type": "error", "code": str(self.code), "message": self.message}
-        if self.retry_after is not None:
-            body["retryAfter"] = self.retry_after
-        return body
+
+# The HTTP status of each error code in the server API (SERVER_API.md).
+HTTP_STATUS: dict[ErrorCode, int] = {
+    ErrorCode.BAD_REQUEST: 400,
+    ErrorCode.UNAUTHENTICATED: 401,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.NOT_MEMBER: 404,
+    ErrorCode.ROOM_FULL: 409,
+    ErrorCode.TOO_MANY_ROOMS: 409,
+    ErrorCode.TOO_LARGE: 413,
+    ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.INTERNAL: 500,
+}
+
+
+class ApiError(RoomdError):
+    """A server API request failed: answer `{"error": {code, message}}` with `status`.
+
+    `status` defaults to the code's `HTTP_STATUS`; a route gives its own where
+    SERVER_API.md says so (409 for a taken room id, 400 for a field over its limit).
+    """
+
+    def __init__(self, code: ErrorCode, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status or HTTP_STATUS[code]
 
 
 class ConfigError(RoomdError):

@@ -1,8 +1,15 @@
-"""The write path: from encoded frames to bytes on a connection's socket.
+"""The write path: from an event to bytes on every addressed socket.
 
-Everything roomd sends to a client goes through that connection's `Outbox`, and
-this module is the whole path from "frame bytes" to "bytes on the socket":
+Everything roomd sends to a client goes through this module, and it is the
+whole path from "event" to "bytes on the socket":
 
+0. `frame_of(codec, event)` encodes an event and frames it. A server frame is
+   never masked (RFC 6455 section 5.1) and roomd negotiates no extensions, so
+   the frame of one event is the same bytes for every member: `fan_out` builds
+   it once per codec in use and puts those bytes into every member's outbox.
+   wsproto builds frames too, but its public API takes text frames as `str`,
+   which would cost a decode and an encode of every JSON event; `build_frame`
+   frames the encoder's bytes directly (tested against wsproto's parser).
 1. `Outbox.put(frame)` never blocks and never yields. It appends the frame to
    the outbox's pending list and marks the outbox dirty with the server-wide
    `Flusher`.
@@ -25,16 +32,70 @@ and no task switch per member.
 
 Order: frames reach the socket in the order they were put. No-silent-loss:
 `queued` counts frames put but not yet written; past `limit` the outbox calls
-`on_overflow` (the session closes with 4003) instead of growing.
+`on_close(4003)` (slow consumer) instead of growing, and a broken socket calls
+`on_close(1006)`.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import struct
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
 import attrs
 import trio
+
+from roomd.core.codec import Codec
+from roomd.core.event import Event
+from roomd.errors import CloseCode
+
+OP_TEXT = 0x1
+OP_BINARY = 0x2
+_FIN = 0x80
+
+
+def build_frame(payload: bytes, *, text: bool) -> bytes:
+    """Return one complete, unmasked data frame (FIN set) carrying `payload`."""
+    first = _FIN | (OP_TEXT if text else OP_BINARY)
+    size = len(payload)
+    if size < 126:
+        header = bytes((first, size))
+    elif size < 1 << 16:
+        header = struct.pack("!BBH", first, 126, size)
+    else:
+        header = struct.pack("!BBQ", first, 127, size)
+    return header + payload
+
+
+def frame_of(codec: Codec, event: Event) -> bytes:
+    """Return the WebSocket frame that carries `event` in `codec`."""
+    return build_frame(codec.encode(event), text=codec.text)
+
+
+def socket_fd(stream: trio.abc.Stream) -> int:
+    """Return the file descriptor of a plain TCP stream, or -1 (TLS, memory streams)."""
+    return stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
+
+
+class Recipient(Protocol):
+    """What `fan_out` needs of a connection: its codec and its outbox."""
+
+    @property
+    def codec(self) -> Codec: ...
+
+    @property
+    def outbox(self) -> Outbox: ...
+
+
+def fan_out(recipients: Iterable[Recipient], event: Event) -> None:
+    """Put `event` into every recipient's outbox, encoding it once per codec."""
+    frames: dict[Codec, bytes] = {}
+    for recipient in recipients:
+        frame = frames.get(recipient.codec)
+        if frame is None:
+            frame = frames[recipient.codec] = frame_of(recipient.codec, event)
+        recipient.outbox.put(frame)
 
 
 @attrs.define(eq=False)
@@ -67,10 +128,11 @@ class Outbox:
 
     stream: trio.abc.Stream
     flusher: Flusher
+    # Where a writer task runs when the socket refuses bytes.
+    nursery: trio.Nursery
     limit: int
-    on_overflow: Callable[[], None]
-    on_broken: Callable[[], None]
-    nursery: trio.Nursery | None = None
+    # Called with 4003 when `limit` is passed, 1006 when the socket broke.
+    on_close: Callable[[CloseCode], None]
     # The socket's file descriptor for direct writes, or -1 (TLS, memory streams).
     fd: int = -1
     pending: list[bytes] | None = None
@@ -81,6 +143,8 @@ class Outbox:
     accepting: bool = True
     # A writer was cancelled halfway through a frame: nothing more may be written.
     torn: bool = False
+    # `abort` was called: the connection is over and nothing more is written.
+    aborted: bool = False
     _idle: trio.Event | None = None
     _writer_scope: trio.CancelScope | None = None
 
@@ -89,14 +153,13 @@ class Outbox:
         cls,
         stream: trio.abc.Stream,
         flusher: Flusher,
+        nursery: trio.Nursery,
         *,
         limit: int,
-        on_overflow: Callable[[], None],
-        on_broken: Callable[[], None],
+        on_close: Callable[[CloseCode], None],
     ) -> Outbox:
         """Return the outbox of `stream`, writing directly to it when it is a TCP socket."""
-        fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
-        return cls(stream, flusher, limit, on_overflow, on_broken, fd=fd)
+        return cls(stream, flusher, nursery, limit, on_close, fd=socket_fd(stream))
 
     @property
     def is_idle(self) -> bool:
@@ -104,13 +167,13 @@ class Outbox:
         return self.pending is None and self.backlog is None
 
     def put(self, frame: bytes) -> None:
-        """Queue one frame; never blocks. Past `limit` unwritten frames, call `on_overflow`."""
+        """Queue one frame; never blocks. Past `limit` unwritten frames, call `on_close(4003)`."""
         if not self.accepting:
             return
         self.queued += 1
         if self.queued > self.limit:
             self.accepting = False
-            self.on_overflow()
+            self.on_close(CloseCode.SLOW_CONSUMER)
             return
         if self.backlog is not None:
             self.backlog.append(frame)
@@ -148,7 +211,7 @@ class Outbox:
                 sent = 0
             except OSError:
                 self.torn = True
-                self.on_broken()
+                self.on_close(CloseCode.ABNORMAL)
                 self._maybe_idle()
                 return
             if sent == len(data):
@@ -156,7 +219,7 @@ class Outbox:
                 self._maybe_idle()
                 return
             data = data[sent:]
-        if self.nursery is None:  # the connection is over: nowhere to write
+        if self.aborted:  # the connection is over: nowhere to write
             self.torn = True
             self._maybe_idle()
             return
@@ -176,7 +239,7 @@ class Outbox:
                     self.queued -= frames
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self.torn = True
-                self.on_broken()
+                self.on_close(CloseCode.ABNORMAL)
             except BaseException:
                 self.torn = True  # cancelled halfway through a write: the stream is unusable
                 raise
@@ -188,7 +251,7 @@ class Outbox:
     def abort(self) -> None:
         """Write nothing more: drop what is queued and cancel a writer still at work."""
         self.stop(drain=False)
-        self.nursery = None
+        self.aborted = True
         if self._writer_scope is not None:
             self.torn = True
             self._writer_scope.cancel()

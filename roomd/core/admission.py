@@ -1,7 +1,7 @@
 """Handshake admission: which WebSocket upgrades roomd accepts, and why not.
 
 `Admission.check` applies PROTOCOL.md section 2 in order (path 404, draining 503,
-origin 403, per-IP 429) and returns the HTTP status to reject with, or None. A
+origin 403, per-IP 429) and returns the `Rejection` to answer with, or None. A
 caller that is admitted must call `release(ip)` exactly once when the connection
 closes. The client IP is the TCP peer, or the nearest `X-Forwarded-For` hop that
 is not a trusted proxy when the peer itself is a trusted proxy.
@@ -9,6 +9,7 @@ is not a trusted proxy when the peer itself is a trusted proxy.
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 from collections.abc import Iterable, Sequence
 
@@ -17,6 +18,21 @@ import attrs
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 ENDPOINT_PATH = "/v1"
+
+
+class Rejection(enum.Enum):
+    """Why a WebSocket upgrade is refused: its HTTP status, metric label and body."""
+
+    BAD_REQUEST = (400, "bad_request", b"bad websocket handshake\n")
+    ORIGIN = (403, "origin", b"origin not allowed\n")
+    PATH = (404, "path", b"no such endpoint; use /v1\n")
+    PER_IP_LIMIT = (429, "per_ip_limit", b"too many connections from this address\n")
+    DRAINING = (503, "draining", b"server is shutting down\n")
+
+    def __init__(self, status: int, label: str, body: bytes) -> None:
+        self.status = status
+        self.label = label
+        self.body = body
 
 
 def parse_networks(cidrs: Iterable[str]) -> tuple[Network, ...]:
@@ -65,20 +81,20 @@ class Admission:
     draining: bool = False
     open_by_ip: dict[str, int] = attrs.field(factory=dict)
 
-    def check(self, target: str, origin: str | None, ip: str) -> int | None:
-        """Return the HTTP status that rejects this handshake, or None to accept it.
+    def check(self, target: str, origin: str | None, ip: str) -> Rejection | None:
+        """Return why this handshake is refused, or None to accept it.
 
         On None the connection is counted against `ip` until `release(ip)`.
         """
         if request_path(target) != ENDPOINT_PATH:
-            return 404
+            return Rejection.PATH
         if self.draining:
-            return 503
+            return Rejection.DRAINING
         if self.allowed_origins and origin not in self.allowed_origins:
-            return 403
+            return Rejection.ORIGIN
         count = self.open_by_ip.get(ip, 0)
         if self.max_conns_per_ip and count >= self.max_conns_per_ip:
-            return 429
+            return Rejection.PER_IP_LIMIT
         self.open_by_ip[ip] = count + 1
         return None
 

@@ -1,47 +1,39 @@
 """Prometheus metrics, collected at scrape time from `Stats` and the live state.
 
 Nothing here runs on the hot path: the relay bumps plain integers (`Stats`) and
-this collector turns them into metric families only when `/metrics` is scraped.
+this collector turns them, and the live counts of the moment, into metric
+families only when `/metrics` is scraped.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from roomd.core.admission import Rejection
+from roomd.core.stats import LiveCounts, Stats
 from roomd.errors import CloseCode
 
-if TYPE_CHECKING:
-    from roomd.server import Server
-
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-REJECT_LABELS = {
-    400: "bad_request",
-    403: "origin",
-    404: "path",
-    429: "per_ip_limit",
-    503: "draining",
-}
 
 
 class RoomdCollector(Collector):
-    """Reads one server's counters and state into `roomd_*` metric families."""
+    """Reads a node's counters and live counts into `roomd_*` metric families."""
 
-    def __init__(self, server: Server) -> None:
-        self._server = server
+    def __init__(self, stats: Stats, live_counts: Callable[[], LiveCounts]) -> None:
+        self._stats = stats
+        self._live_counts = live_counts
 
     def collect(self) -> Iterator[Metric]:
-        server = self._server
-        stats = server.stats
-        rooms = server.registry.rooms
-        yield _gauge("roomd_connections_open", "Open WebSocket connections.", len(server.sessions))
-        yield _gauge("roomd_rooms", "Live rooms.", len(rooms))
-        members = sum(len(handle.room.members) for handle in rooms.values())
-        yield _gauge("roomd_members", "AIDs present in rooms, summed over rooms.", members)
+        """Yield every `roomd_*` family as it stands now."""
+        stats = self._stats
+        live = self._live_counts()
+        yield _gauge("roomd_connections_open", "Open WebSocket connections.", live.connections)
+        yield _gauge("roomd_rooms", "Live rooms.", live.rooms)
+        yield _gauge("roomd_members", "AIDs present in rooms, summed over rooms.", live.members)
         yield _counter(
             "roomd_messages_in", "Client frames accepted for processing.", stats.frames_in
         )
@@ -54,8 +46,8 @@ class RoomdCollector(Collector):
         rejected = CounterMetricFamily(
             "roomd_handshakes_rejected", "WebSocket handshakes rejected.", labels=["reason"]
         )
-        for status, reason in REJECT_LABELS.items():
-            rejected.add_metric([reason], stats.handshakes_rejected[status])
+        for rejection in Rejection:
+            rejected.add_metric([rejection.label], stats.handshakes_rejected[rejection])
         yield rejected
         yield _counter(
             "roomd_slow_consumer_closes",
@@ -83,8 +75,8 @@ def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, doc, value=value)
 
 
-def metrics_renderer(server: Server) -> Callable[[], bytes]:
-    """Return a function that renders `server`'s metrics in the Prometheus text format."""
+def metrics_renderer(stats: Stats, live_counts: Callable[[], LiveCounts]) -> Callable[[], bytes]:
+    """Return a function that renders the metrics in the Prometheus text format."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RoomdCollector(server))
+    registry.register(RoomdCollector(stats, live_counts))
     return lambda: generate_latest(registry)

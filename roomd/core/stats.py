@@ -6,6 +6,8 @@ from collections import Counter
 
 import attrs
 
+from roomd.core.admission import Rejection
+
 
 @attrs.define(slots=True)
 class Stats:
@@ -14,5 +16,14 @@ class Stats:
     frames_in: int = 0
     deliveries_out: int = 0
     rate_limited: int = 0
-    handshakes_rejected: Counter[int] = attrs.field(factory=Counter)
+    handshakes_rejected: Counter[Rejection] = attrs.field(factory=Counter)
     closes: Counter[int] = attrs.field(factory=Counter)
+
+
+@attrs.frozen
+class LiveCounts:
+    """How much is live right now: open connections, rooms, and AIDs summed over rooms."""
+
+    connections: int
+    rooms: int
+    members: int

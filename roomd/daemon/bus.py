@@ -1,8 +1,8 @@
 """The event bus: how a change made outside a room's connections reaches the room.
 
-The REST server API publishes `DeleteRoom` and `KickMember`; every node's pump
-(`EventBus.run`) hands each event to that node's `deliver` callback, which puts
-it into the live room's inbox, so it is ordered with the room's other events.
+The server API publishes `Kick` and `Delete`; every node's pump (`EventBus.run`)
+hands each event to that node's `on_event` callback, which puts it into the
+live room's inbox as a command, so it is ordered with the room's other events.
 `LocalEventBus` is the one-process implementation; a cluster backend (Redis
 pub/sub) implements the same `EventBus` protocol and delivers on every node.
 """
@@ -17,7 +17,7 @@ import trio
 
 
 @attrs.frozen
-class DeleteRoom:
+class Delete:
     """Delete a room; its members get `roomDeleted {reason}`."""
 
     room_id: str
@@ -25,15 +25,15 @@ class DeleteRoom:
 
 
 @attrs.frozen
-class KickMember:
+class Kick:
     """Remove every connection of `aid` from a room, as the host's `kick` does."""
 
     room_id: str
     aid: str
 
 
-BusEvent = DeleteRoom | KickMember
-Deliver = Callable[[BusEvent], Awaitable[None]]
+BusEvent = Delete | Kick
+EventHandler = Callable[[BusEvent], Awaitable[None]]
 
 
 class EventBus(Protocol):
@@ -44,9 +44,12 @@ class EventBus(Protocol):
         ...
 
     async def run(
-        self, deliver: Deliver, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        on_event: EventHandler,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Call `deliver` with every event published anywhere, in order, until cancelled."""
+        """Call `on_event` with every event published anywhere, in order, until cancelled."""
         ...
 
 
@@ -57,11 +60,16 @@ class LocalEventBus:
         self._send, self._recv = trio.open_memory_channel[BusEvent](capacity)
 
     async def publish(self, event: BusEvent) -> None:
+        """Queue `event` for this process's pump (waits while the channel is full)."""
         await self._send.send(event)
 
     async def run(
-        self, deliver: Deliver, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        on_event: EventHandler,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        """Call `on_event` with every published event, in order, until cancelled."""
         task_status.started()
         async for event in self._recv:
-            await deliver(event)
+            await on_event(event)

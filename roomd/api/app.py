@@ -1,8 +1,7 @@
-"""The REST server API of SERVER_API.md: a small Starlette app served by hypercorn.
+"""The REST server API of SERVER_API.md: a small Starlette app.
 
-The app runs on the same trio loop as the WebSocket listener, so it reads live
-room state directly and changes it only through the event bus (deletions, kicks)
-or the registry (creation), which keeps every change ordered in its room loop.
+The app reads and steers rooms only through a `RoomService` (service.py), so it
+knows nothing of trio tasks or sockets; `roomd.node` gives it the daemon's.
 Every route but `/healthz` needs `Authorization: Bearer <api key>`.
 """
 
@@ -13,7 +12,7 @@ import hmac
 import secrets
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from starlette.applications import Starlette
@@ -22,40 +21,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from roomd.auth import mint_token
-from roomd.errors import ErrorCode, ProtocolError
-from roomd.message import MAX_ROOM_KEY, decode_blob, validate_aid, validate_room_id
-from roomd.metrics import CONTENT_TYPE, metrics_renderer
-from roomd.openapi import OPENAPI
-
-if TYPE_CHECKING:
-    from roomd.room import Room
-    from roomd.server import Server
+from roomd.api.metrics import CONTENT_TYPE, metrics_renderer
+from roomd.api.openapi import OPENAPI
+from roomd.api.service import RoomService
+from roomd.core.message import MAX_ROOM_KEY, decode_blob, validate_aid, validate_room_id
+from roomd.core.room import Room
+from roomd.core.stats import Stats
+from roomd.core.token import DEFAULT_TTL, mint_token
+from roomd.errors import ApiError, ErrorCode, ProtocolError
 
 MAX_BODY = 64 * 1024
 MAX_TOKEN_TTL = 30 * 24 * 3600
-DEFAULT_TOKEN_TTL = 24 * 3600
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
-STATUS = {
-    ErrorCode.BAD_REQUEST: 400,
-    ErrorCode.UNAUTHENTICATED: 401,
-    ErrorCode.FORBIDDEN: 403,
-    ErrorCode.NOT_FOUND: 404,
-    ErrorCode.TOO_LARGE: 413,
-    ErrorCode.RATE_LIMITED: 429,
-    ErrorCode.INTERNAL: 500,
-}
-
-
-class ApiError(Exception):
-    """An API request failed: answer `{"error": {code, message}}` with `status`."""
-
-    def __init__(self, code: ErrorCode, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.status = status or STATUS[code]
 
 
 def json_response(body: object, status: int = 200) -> Response:
@@ -160,9 +138,19 @@ def room_detail(room: Room) -> dict[str, Any]:
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def build_app(server: Server, api_key: str) -> Starlette:
-    """Return the ASGI app of the server API, guarded by `api_key`."""
-    render_metrics = metrics_renderer(server)
+def build_app(
+    rooms: RoomService,
+    stats: Stats,
+    *,
+    api_key: str,
+    token_secret: str,
+    wall_ms: Callable[[], int],
+) -> Starlette:
+    """Return the ASGI app of the server API on `rooms`, guarded by `api_key`.
+
+    Tokens it mints are signed with `token_secret` and dated by `wall_ms`.
+    """
+    render_metrics = metrics_renderer(stats, rooms.live_counts)
 
     def guarded(handler: Handler) -> Handler:
         async def endpoint(request: Request) -> Response:
@@ -182,13 +170,13 @@ def build_app(server: Server, api_key: str) -> Starlette:
         return endpoint
 
     def room_or_404(room_id: str) -> Room:
-        handle = server.registry.get(room_id)
-        if handle is None:
+        room = rooms.room(room_id)
+        if room is None:
             raise ApiError(ErrorCode.NOT_FOUND, f"no room '{room_id}'")
-        return handle.room
+        return room
 
     async def healthz(request: Request) -> Response:
-        if server.admission.draining:
+        if rooms.draining:
             return json_response({"status": "draining"}, 503)
         return json_response({"status": "ok"})
 
@@ -207,7 +195,7 @@ def build_app(server: Server, api_key: str) -> Starlette:
         if host is not None:
             host = _field(validate_aid, host)
         key = _room_key(body.get("encryptedRoomKey"))
-        room = await server.create_room(room_id=room_id, host=host, encrypted_room_key=key)
+        room = await rooms.create_room(room_id=room_id, host=host, encrypted_room_key=key)
         if room is None:
             raise ApiError(ErrorCode.BAD_REQUEST, f"room '{room_id}' already exists", 409)
         body = {"roomId": room.room_id, "host": room.host, "createdAt": room.created_at}
@@ -216,11 +204,10 @@ def build_app(server: Server, api_key: str) -> Starlette:
     async def list_rooms(request: Request) -> Response:
         limit = _query_int(request, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
         after = request.query_params.get("after", "")
-        ids = sorted(room_id for room_id in server.registry.rooms if room_id > after)
-        page = ids[:limit]
-        rooms = [room_summary(server.registry.rooms[room_id].room) for room_id in page]
-        next_after = page[-1] if len(ids) > limit else None
-        return json_response({"rooms": rooms, "next": next_after})
+        ids = [room_id for room_id in rooms.room_ids() if room_id > after]
+        page = [room for room in map(rooms.room, ids[:limit]) if room is not None]
+        next_after = ids[limit - 1] if len(ids) > limit else None
+        return json_response({"rooms": [room_summary(room) for room in page], "next": next_after})
 
     async def get_room(request: Request) -> Response:
         return json_response(room_detail(room_or_404(request.path_params["room_id"])))
@@ -228,7 +215,7 @@ def build_app(server: Server, api_key: str) -> Starlette:
     async def delete_room(request: Request) -> Response:
         room_id = request.path_params["room_id"]
         room_or_404(room_id)
-        await server.delete_room(room_id)
+        await rooms.delete_room(room_id)
         return Response(status_code=204)
 
     async def kick(request: Request) -> Response:
@@ -239,17 +226,15 @@ def build_app(server: Server, api_key: str) -> Starlette:
         aid = _field(validate_aid, body["aid"])
         if aid not in room.members:
             raise ApiError(ErrorCode.NOT_FOUND, f"'{aid}' is not in room '{room.room_id}'")
-        await server.kick(room.room_id, aid)
+        await rooms.kick(room.room_id, aid)
         return Response(status_code=204)
 
     async def create_token(request: Request) -> Response:
         body = await read_json_object(request)
         aid = body.get("aid")
         aid = "anon-" + secrets.token_urlsafe(12) if aid is None else _field(validate_aid, aid)
-        ttl = _int("ttl", body.get("ttl", DEFAULT_TOKEN_TTL), 1, MAX_TOKEN_TTL)
-        token, expires_at = mint_token(
-            server.token_secret, aid, now=server.wall_ms() / 1000, ttl=ttl
-        )
+        ttl = _int("ttl", body.get("ttl", DEFAULT_TTL), 1, MAX_TOKEN_TTL)
+        token, expires_at = mint_token(token_secret, aid, now=wall_ms() / 1000, ttl=ttl)
         return json_response({"aid": aid, "token": token, "expiresAt": expires_at}, 201)
 
     async def not_found(request: Request, exc: Exception) -> Response:

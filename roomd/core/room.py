@@ -8,18 +8,20 @@ with one or more connections), the host AID, the encrypted room key, the last
 clock: every method takes what it needs (`now_ms`) and returns a list of effects
 for the shell to carry out, in order:
 
-- `Deliver(to, event)`: send `event` to the connections `to` (encode it once);
+- `Send(to, event)`: send `event` to the connections `to` (encode it once);
 - `Attached(conn)` / `Detached(conn)`: `conn` entered / left the room, so the
-  shell updates what that connection is a member of;
-- `Deleted(reason)`: the room is gone; the shell forgets it.
+  shell updates what that connection is a member of.
 
-A method that raises `ProtocolError` changed nothing. The shell owns one `Room`
-per room task and calls its methods from that task only, so events are totally
-ordered: every member sees them in the order the methods were called.
+After `delete` (or a host's `deleteChatroom`), `deleted` holds the reason and
+the shell forgets the room. A method that raises `ProtocolError` changed
+nothing. The shell owns one `Room` per room task and calls its methods from
+that task only, so events are totally ordered: every member sees them in the
+order the methods were called.
 
-States: a room is *occupied* (at least one member; `empty_since` is None) or
-*empty* (`empty_since` set; the shell starts the expiry countdown). `join` moves
-an empty room to occupied; removing the last connection moves it back.
+States: a room is *occupied* (at least one member; `empty_since` is None),
+*empty* (`empty_since` set; `Expiry` counts down `room_ttl`) or *deleted*
+(`deleted` set; final). `join` moves an empty room to occupied; removing the
+last connection moves it back; `delete` ends either.
 
 Host rules: the creator is host. When the host AID's last connection goes, the
 member present longest becomes host (`hostUpdated` to all). An empty room keeps
@@ -30,20 +32,38 @@ its last host; a different AID joining an empty room becomes host (its
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
-from typing import Any
 
 import attrs
 
-from roomd import message as m
+from roomd.core import event as ev
+from roomd.core import message as m
+from roomd.core.event import Event
 from roomd.errors import ErrorCode, ProtocolError
-from roomd.store import SEQ_BLOCK, RoomRecord
 
 Handle = Hashable
-Event = dict[str, Any]
+# How many `seq` numbers a room reserves (durably) at a time: see `Room.seq_reserved`.
+SEQ_BLOCK = 1000
+
+
+def room_tag(room_id: str) -> str:
+    """Return a short, loggable name for a room: its full id is the key to join it."""
+    return room_id[:6] + "…" if len(room_id) > 6 else room_id
 
 
 @attrs.frozen
-class Deliver:
+class RoomRecord:
+    """The durable fields of one room (times in Unix milliseconds)."""
+
+    room_id: str
+    host: str | None
+    encrypted_room_key: bytes | None
+    created_at: int
+    empty_since: int | None
+    seq_reserved: int
+
+
+@attrs.frozen
+class Send:
     """Send `event` to each connection in `to`, in the room's order."""
 
     to: Sequence[Handle]
@@ -64,14 +84,7 @@ class Detached:
     conn: Handle
 
 
-@attrs.frozen
-class Deleted:
-    """The room no longer exists; `reason` is `deleted` or `expired`."""
-
-    reason: str
-
-
-Effect = Deliver | Attached | Detached | Deleted
+Effect = Send | Attached | Detached
 
 
 @attrs.define(eq=False, slots=True)
@@ -81,12 +94,6 @@ class Member:
     aid: str
     public_key: bytes | None
     conns: list[Handle]
-
-
-def _with_id(event: Event, request_id: m.RequestId | None) -> Event:
-    if request_id is not None:
-        event["id"] = request_id
-    return event
 
 
 @attrs.define(eq=False)
@@ -105,6 +112,8 @@ class Room:
     # until the shell has saved a higher one (see `durable_state`).
     seq_reserved: int = 0
     seq_block: int = SEQ_BLOCK
+    # Why the room was deleted (`deleted`, `expired`); None while it exists.
+    deleted: str | None = None
     members: dict[str, Member] = attrs.field(factory=dict)
     _conn_aid: dict[Handle, str] = attrs.field(factory=dict)
     _all_conns: tuple[Handle, ...] | None = None
@@ -188,9 +197,9 @@ class Room:
             self._all_conns = tuple(c for member in self.members.values() for c in member.conns)
         return self._all_conns
 
-    def member_list(self) -> list[dict[str, Any]]:
+    def member_list(self) -> list[Event]:
         """Return `[{aid, publicKey}]` of the present AIDs in join order."""
-        return [{"aid": aid, "publicKey": mem.public_key} for aid, mem in self.members.items()]
+        return [ev.member(aid, mem.public_key) for aid, mem in self.members.items()]
 
     def _others(self, aid: str) -> list[Handle]:
         return [c for mem in self.members.values() if mem.aid != aid for c in mem.conns]
@@ -225,7 +234,7 @@ class Room:
     ) -> list[Effect]:
         """Add `conn` (authenticated as `aid`) to the room; raise `roomFull` when full."""
         if conn in self._conn_aid:
-            return [Deliver((conn,), self._join_success(aid, request_id))]
+            return [Send((conn,), self._join_success(aid, request_id))]
         member = self.members.get(aid)
         effects: list[Effect] = []
         if member is None:
@@ -237,9 +246,7 @@ class Room:
             others = self.connections()
             member = self.members[aid] = Member(aid, public_key, [])
             if others:
-                event: Event = {"type": "userJoined", "roomId": self.room_id, "aid": aid}
-                event["publicKey"] = public_key
-                effects.append(Deliver(others, event))
+                effects.append(Send(others, ev.user_joined(self.room_id, aid, public_key)))
         new_host = self.is_empty and self.host != aid
         if new_host:
             self.host = aid
@@ -248,27 +255,24 @@ class Room:
         self._all_conns = None
         self.empty_since = None
         effects.append(Attached(conn))
-        effects.append(Deliver((conn,), self._join_success(aid, request_id)))
+        effects.append(Send((conn,), self._join_success(aid, request_id)))
         if new_host:
-            effects.append(Deliver(self.connections(), self._host_updated()))
+            effects.append(Send(self.connections(), self._host_updated()))
         return effects
 
     def _join_success(self, aid: str, request_id: m.RequestId | None) -> Event:
-        return _with_id(
-            {
-                "type": "joinSuccess",
-                "roomId": self.room_id,
-                "you": aid,
-                "host": self.host,
-                "encryptedRoomKey": self.encrypted_room_key,
-                "members": self.member_list(),
-                "lastSeq": self.seq,
-            },
+        return ev.join_success(
+            self.room_id,
+            aid,
+            self.host,
+            self.encrypted_room_key,
+            self.member_list(),
+            self.seq,
             request_id,
         )
 
     def _host_updated(self) -> Event:
-        return {"type": "hostUpdated", "roomId": self.room_id, "host": self.host}
+        return ev.host_updated(self.room_id, self.host)
 
     def _remove_conn(self, conn: Handle, reason: str, now_ms: int) -> list[Effect]:
         """Remove one connection; tell the others if its AID is now gone."""
@@ -286,11 +290,10 @@ class Room:
         if not self.members:
             self.empty_since = now_ms
             return []
-        event = {"type": "userLeft", "roomId": self.room_id, "aid": aid, "reason": reason}
-        effects: list[Effect] = [Deliver(self.connections(), event)]
+        effects: list[Effect] = [Send(self.connections(), ev.user_left(self.room_id, aid, reason))]
         if aid == self.host:
             self.host = next(iter(self.members))
-            effects.append(Deliver(self.connections(), self._host_updated()))
+            effects.append(Send(self.connections(), self._host_updated()))
         return effects
 
     def leave(
@@ -298,10 +301,8 @@ class Room:
     ) -> list[Effect]:
         """Take `conn` out of the room at its own request (`leaveChatroom`)."""
         self._require_member(conn)
-        reply = _with_id(
-            {"type": "leftChatroom", "roomId": self.room_id, "reason": "left"}, request_id
-        )
-        return [Deliver((conn,), reply), *self._remove_conn(conn, "left", now_ms)]
+        reply = ev.left_chatroom(self.room_id, "left", request_id)
+        return [Send((conn,), reply), *self._remove_conn(conn, "left", now_ms)]
 
     def disconnect(self, conn: Handle, reason: str, now_ms: int) -> list[Effect]:
         """Take a closed connection out (`reason` `disconnected` or `timeout`); no-op if absent."""
@@ -309,11 +310,11 @@ class Room:
             return []
         return self._remove_conn(conn, reason, now_ms)
 
-    def remove_aid(self, aid: str, now_ms: int) -> list[Effect]:
+    def kick(self, aid: str, now_ms: int) -> list[Effect]:
         """Kick every connection of `aid`: they get `leftChatroom kicked`, the rest `userLeft`."""
         member = self._require_present(aid)
-        event = {"type": "leftChatroom", "roomId": self.room_id, "reason": "kicked"}
-        effects: list[Effect] = [Deliver(tuple(member.conns), event)]
+        event = ev.left_chatroom(self.room_id, "kicked")
+        effects: list[Effect] = [Send(tuple(member.conns), event)]
         for conn in member.conns:
             del self._conn_aid[conn]
             effects.append(Detached(conn))
@@ -323,17 +324,16 @@ class Room:
         return effects
 
     def delete(self, reason: str) -> list[Effect]:
-        """Delete the room: every member gets `roomDeleted {reason}` and is detached."""
+        """Delete the room (`deleted` is set): every member gets `roomDeleted` and is detached."""
         conns = self.connections()
         effects: list[Effect] = []
         if conns:
-            event = {"type": "roomDeleted", "roomId": self.room_id, "reason": reason}
-            effects.append(Deliver(conns, event))
+            effects.append(Send(conns, ev.room_deleted(self.room_id, reason)))
         effects.extend(Detached(conn) for conn in conns)
         self.members.clear()
         self._conn_aid.clear()
         self._all_conns = None
-        effects.append(Deleted(reason))
+        self.deleted = reason
         return effects
 
     # -- client messages -------------------------------------------------------
@@ -343,46 +343,39 @@ class Room:
 
         `joinChatroom` goes through `join`, which needs the connection's AID.
         """
-        event: Event
         match msg:
             case m.SendMessage():
                 return self._message(conn, msg, now_ms)
             case m.Typing():
                 aid = self._require_member(conn)
-                event = {"type": "typing", "roomId": self.room_id, "aid": aid}
-                event["isTyping"] = msg.is_typing
-                return [Deliver(self._others(aid), event)]
+                return [Send(self._others(aid), ev.typing(self.room_id, aid, msg.is_typing))]
             case m.Reaction():
                 aid = self._require_member(conn)
-                event = {"type": "reaction", "roomId": self.room_id, "messageId": msg.message_id}
-                event.update(aid=aid, emoji=msg.emoji, remove=msg.remove)
-                return [Deliver(self.connections(), event)]
+                event = ev.reaction(self.room_id, msg.message_id, aid, msg.emoji, msg.remove)
+                return [Send(self.connections(), event)]
             case m.Signal():
                 aid = self._require_member(conn)
                 target = self._require_present(msg.to)
-                event = {"type": "signal", "roomId": self.room_id, "from": aid}
-                event["payload"] = msg.payload
-                return [Deliver(tuple(target.conns), event)]
+                return [Send(tuple(target.conns), ev.signal(self.room_id, aid, msg.payload))]
             case m.LeaveChatroom():
                 return self.leave(conn, now_ms, msg.id)
             case m.UpdateRoomKey():
                 aid = self._require_host(conn)
                 self.encrypted_room_key = msg.encrypted_room_key
-                event = {"type": "roomKeyUpdated", "roomId": self.room_id}
-                event.update(encryptedRoomKey=msg.encrypted_room_key, by=aid)
-                return [Deliver(self.connections(), event)]
+                event = ev.room_key_updated(self.room_id, msg.encrypted_room_key, aid)
+                return [Send(self.connections(), event)]
             case m.TransferHost():
                 self._require_host(conn)
                 self._require_present(msg.to)
                 self.host = msg.to
-                return [Deliver(self.connections(), self._host_updated())]
+                return [Send(self.connections(), self._host_updated())]
             case m.Kick():
                 aid = self._require_host(conn)
                 if msg.aid == aid:
                     raise ProtocolError(
                         ErrorCode.BAD_REQUEST, "the host cannot kick itself; use leaveChatroom"
                     )
-                return self.remove_aid(msg.aid, now_ms)
+                return self.kick(msg.aid, now_ms)
             case m.DeleteChatroom():
                 self._require_host(conn)
                 return self.delete("deleted")
@@ -393,17 +386,14 @@ class Room:
         if self.seq >= self.seq_reserved:
             self.seq_reserved = self.seq + self.seq_block
         self.seq += 1
-        event: Event = {
-            "type": "newMessage",
-            "roomId": self.room_id,
-            "seq": self.seq,
-            "messageId": f"{self.message_id_prefix}{self.seq:x}",
-            "from": aid,
-            "ciphertext": msg.ciphertext,
-        }
-        if msg.iv is not None:
-            event["iv"] = msg.iv
-        if msg.client_msg_id is not None:
-            event["clientMsgId"] = msg.client_msg_id
-        event["ts"] = now_ms
-        return [Deliver(self.connections(), event)]
+        event = ev.new_message(
+            self.room_id,
+            self.seq,
+            f"{self.message_id_prefix}{self.seq:x}",
+            aid,
+            msg.ciphertext,
+            msg.iv,
+            msg.client_msg_id,
+            now_ms,
+        )
+        return [Send(self.connections(), event)]

@@ -1,0 +1,48 @@
+"""What the server API needs of the rooms it steers: the `RoomService` protocol.
+
+The API and the WebSocket daemon never import each other: the daemon's
+`RoomControl` implements this protocol, and `roomd.node` hands it to the app.
+A cluster node's implementation answers the same calls across nodes.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from roomd.core.room import Room
+from roomd.core.stats import LiveCounts
+
+
+class RoomService(Protocol):
+    """The rooms of a node as the server API reads and changes them."""
+
+    @property
+    def draining(self) -> bool:
+        """True once shutdown began (`/healthz` answers 503)."""
+        ...
+
+    def room(self, room_id: str) -> Room | None:
+        """Return the live room `room_id`, or None."""
+        ...
+
+    def room_ids(self) -> list[str]:
+        """Return the ids of every live room, sorted."""
+        ...
+
+    def live_counts(self) -> LiveCounts:
+        """Return how many connections, rooms and members are live now."""
+        ...
+
+    async def create_room(
+        self, *, room_id: str | None, host: str | None, encrypted_room_key: bytes | None
+    ) -> Room | None:
+        """Create an empty room (a fresh id when `room_id` is None); None when it is taken."""
+        ...
+
+    async def delete_room(self, room_id: str) -> None:
+        """Delete a room; its members get `roomDeleted deleted`. Returns once it is gone."""
+        ...
+
+    async def kick(self, room_id: str, aid: str) -> None:
+        """Remove every connection of `aid` from a room, as the host's `kick` does."""
+        ...

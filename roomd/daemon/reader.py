@@ -1,0 +1,343 @@
+"""One client connection in the trio shell, from the upgrade to the close frame.
+
+Each accepted connection is one task, its reader: bytes -> wsproto events ->
+the core `Connection` (roomd.core.connection), which decides everything, and
+its actions carried out here: replies into the outbox, commands into room
+inboxes, pings, closes. The reader waits for the socket no longer than the
+core's `next_deadline()` and then calls `wake`, so the connection's timers (auth,
+heartbeat, token expiry) need no task of their own: an idle connection is one
+task. Everything sent goes through the connection's `Outbox` (outbox.py).
+
+Closing: whoever decides to close calls `Session.close(code)`, which stops
+deliveries, stops the outbox and cancels the reader. The connection task then
+lets the outbox finish what is queued (bounded by `close_timeout`), sends the
+close frame, waits (bounded) for the peer's, and leaves every room.
+
+Resource handling: the admission slot of the client IP is released, and every
+room this connection was in gets a `Disconnect`, however the connection ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import trio
+import wsproto.connection
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Ping, TextMessage
+
+from roomd.core.admission import Admission, Network, client_ip
+from roomd.core.codec import JSON, Codec, choose_codec
+from roomd.core.connection import (
+    Action,
+    Authenticated,
+    Close,
+    Connection,
+    ConnectionLimits,
+    CreateRoom,
+    JoinRoom,
+    Reply,
+    SendPing,
+    ToRoom,
+)
+from roomd.core.room import room_tag
+from roomd.core.stats import Stats
+from roomd.daemon.handshake import RECEIVE_SIZE, header_values, read_request, reject
+from roomd.daemon.outbox import Flusher, socket_fd
+from roomd.daemon.registry import RoomHandle, RoomRegistry
+from roomd.daemon.room_loop import Act, Command, Disconnect, Join
+from roomd.daemon.session import Session, Sessions
+from roomd.errors import CloseCode
+
+log = logging.getLogger("roomd.reader")
+
+
+@attrs.frozen(kw_only=True)
+class ConnectionContext:
+    """Exactly what a connection task uses of the server that accepted it."""
+
+    limits: ConnectionLimits
+    token_secret: str
+    # Wall-clock Unix milliseconds (token times).
+    wall_ms: Callable[[], int]
+    # How long a client has for its upgrade request.
+    handshake_timeout: float
+    # How long closing may wait: for the outbox to drain, for the peer's close frame.
+    close_timeout: float
+    send_queue: int
+    trusted_proxies: tuple[Network, ...]
+    admission: Admission
+    stats: Stats
+    flusher: Flusher
+    # Where connection tasks and their outboxes' writers run.
+    nursery: trio.Nursery
+    rooms: RoomRegistry
+    sessions: Sessions
+    conn_ids: itertools.count[int]
+
+
+async def serve_connection(context: ConnectionContext, stream: trio.abc.Stream, peer: str) -> None:
+    """Serve one client stream until it closes; never raises for the peer's misdeeds.
+
+    Resource handling: `stream` is closed on return.
+    """
+    conn_id = next(context.conn_ids)
+    ws = WSConnection(ConnectionType.SERVER)
+    try:
+        request = None
+        with trio.move_on_after(context.handshake_timeout):
+            request = await read_request(stream, ws, context.stats)
+        if request is None:
+            return
+        forwarded = header_values(request, b"x-forwarded-for")
+        origin = next(iter(header_values(request, b"origin")), None)
+        ip = client_ip(peer, forwarded, context.trusted_proxies)
+        rejection = context.admission.check(request.target, origin, ip)
+        if rejection is not None:
+            log.info("conn %d rejected: HTTP %d ip=%s", conn_id, rejection.status, ip)
+            context.stats.handshakes_rejected[rejection] += 1
+            await reject(stream, ws, rejection)
+            return
+        try:
+            codec = choose_codec(request.subprotocols)
+            accept = AcceptConnection(subprotocol=codec.subprotocol if codec else None)
+            await stream.send_all(ws.send(accept))
+            log.info("conn %d open ip=%s codec=%s", conn_id, ip, (codec or JSON).subprotocol)
+            # Keep only the frame-level connection: the HTTP handshake state (h11,
+            # the request, its headers) would cost every idle connection memory.
+            established = ws.handshake.connection
+            assert established is not None
+            del ws, request
+            await Reader(context, stream, established, conn_id).run(codec or JSON)
+        finally:
+            context.admission.release(ip)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        log.debug("conn %d: transport broke", conn_id)
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+@attrs.define(eq=False)
+class Reader:
+    """The reader and the close of one accepted WebSocket connection."""
+
+    context: ConnectionContext
+    stream: trio.abc.Stream
+    ws: wsproto.connection.Connection
+    conn_id: int
+    peer_close: CloseConnection | None = None
+    _parts: list[Any] = attrs.field(factory=list)
+
+    async def run(self, codec: Codec) -> None:
+        """Serve the accepted connection until it closes, then leave every room."""
+        context = self.context
+        state = Connection.start(
+            context.limits, context.token_secret, context.stats, trio.current_time()
+        )
+        session = Session.open(
+            self.conn_id,
+            state,
+            codec,
+            self.stream,
+            flusher=context.flusher,
+            nursery=context.nursery,
+            send_queue=context.send_queue,
+        )
+        outbox = session.outbox
+        context.sessions.add(session)
+        try:
+            session.send(context.limits.hello())
+            with session.reader_scope:
+                await self._read(session)
+            answering_peer = self.ws.state is ConnectionState.REMOTE_CLOSING
+            peer_code = None if self.peer_close is None else self.peer_close.code
+            session.close(state.close_code_after_read(peer_code, peer_spoke_first=answering_peer))
+            with trio.move_on_after(context.close_timeout):
+                await outbox.wait_idle()
+            if not outbox.is_idle:
+                outbox.abort()  # a writer still stuck on a full socket
+            await self._close_handshake(session)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            session.close(CloseCode.ABNORMAL)  # the transport went away while closing
+        except Exception:
+            # A bug, not the peer's doing: log it loudly, tell the client 1011, carry on
+            # serving everyone else.
+            log.exception("conn %d internal error", self.conn_id)
+            session.close(CloseCode.INTERNAL_ERROR)
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await self._close_handshake(session)
+        finally:
+            outbox.abort()
+            context.sessions.ended(session)
+            await self._leave_rooms(session)
+            log.info("conn %d closed code=%s", self.conn_id, session.close_code)
+
+    # -- close -----------------------------------------------------------------
+
+    async def _close_handshake(self, session: Session) -> None:
+        """Send the close frame (when the stream is whole and idle) and await the peer's."""
+        outbox = session.outbox
+        if session.close_code == CloseCode.ABNORMAL or outbox.torn or not outbox.is_idle:
+            return
+        if self.ws.state not in (
+            ConnectionState.OPEN,
+            ConnectionState.REMOTE_CLOSING,
+        ):
+            return
+        if self.peer_close is not None:
+            reply = self.peer_close.response()
+        else:
+            reply = CloseConnection(code=session.close_code or CloseCode.NORMAL)
+        # A close that wsproto made up for bad input (1002, 1007) leaves it OPEN: we
+        # speak first then and must wait for the peer's answer.
+        answering_peer = self.ws.state is ConnectionState.REMOTE_CLOSING
+        with trio.move_on_after(self.context.close_timeout):
+            await self.stream.send_all(self.ws.send(reply))
+            if answering_peer:
+                return  # the peer spoke first: the closing handshake is complete
+            while True:  # we spoke first: read until the peer's close frame or EOF
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+                if not data:
+                    return
+                self.ws.receive_data(bytes(data))
+                for event in self.ws.events():
+                    if isinstance(event, CloseConnection):
+                        return
+
+    async def _leave_rooms(self, session: Session) -> None:
+        """Tell every room this connection was in (or joining) that it is gone.
+
+        Each room gets its own bounded wait, and only when its inbox is full, so
+        one busy room cannot keep the others holding a dead member.
+        """
+        reason = session.state.leave_reason
+        for room_id in session.state.member_of:
+            handle = self.context.rooms.get(room_id)
+            if handle is None:
+                continue
+            command = Disconnect(session, reason)
+            try:
+                handle.inbox_send.send_nowait(command)
+            except trio.WouldBlock:
+                timeout = self.context.close_timeout
+                with trio.CancelScope(shield=True), trio.move_on_after(timeout) as scope:
+                    await handle.inbox_send.send(command)
+                if scope.cancelled_caught:
+                    log.warning(
+                        "conn %d: room %s did not take the leave", self.conn_id, room_tag(room_id)
+                    )
+            except trio.BrokenResourceError:
+                pass  # the room ended meanwhile
+
+    # -- reader ----------------------------------------------------------------
+
+    async def _read(self, session: Session) -> None:
+        state = session.state
+        rooms = self.context.rooms.rooms
+        wall_ms = self.context.wall_ms
+        # On a plain TCP socket, wait for readability and read the descriptor directly:
+        # the same system call as receive_some, without the three coroutine frames that
+        # every idle connection would otherwise keep suspended.
+        fd = socket_fd(self.stream)
+        data: bytes | bytearray = b""
+        while True:
+            with trio.move_on_at(state.next_deadline()) as wakeup_scope:
+                try:
+                    if fd >= 0:
+                        await trio.lowlevel.wait_readable(fd)
+                        data = os.read(fd, RECEIVE_SIZE)
+                    else:
+                        data = await self.stream.receive_some(RECEIVE_SIZE)
+                except BlockingIOError:
+                    continue  # woken without data after all: wait again
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    return  # reset by the peer: the same as EOF for us
+            now = trio.current_time()
+            if wakeup_scope.cancelled_caught:
+                due = state.wake(now)
+                if due is not None:
+                    await self._carry_out(session, due)
+                if state.close_code is not None:
+                    return
+                continue
+            if not data:
+                return
+            state.heard(now)
+            self.ws.receive_data(bytes(data))
+            for event in self.ws.events():
+                if isinstance(event, TextMessage | BytesMessage):
+                    part = event.data
+                    self._parts.append(part)
+                    # max_frame is bytes; wsproto hands text frames over decoded.
+                    size = len(part.encode()) if isinstance(part, str) else len(part)
+                    too_big = state.frame_part(size, finished=event.message_finished)
+                    if too_big is not None:
+                        await self._carry_out(session, too_big)
+                        return
+                    if event.message_finished:
+                        payload = self._take_payload()
+                        for action in state.receive_frame(payload, now, wall_ms(), rooms):
+                            await self._carry_out(session, action)
+                elif isinstance(event, Ping):
+                    session.outbox.put(self.ws.send(event.response()))
+                elif isinstance(event, CloseConnection):
+                    self.peer_close = event
+                    return
+            if state.close_code is not None:
+                return
+
+    def _take_payload(self) -> str | bytes:
+        parts, self._parts = self._parts, []
+        if len(parts) == 1:
+            part = parts[0]
+            return part if isinstance(part, str) else bytes(part)
+        if isinstance(parts[0], str):
+            return "".join(parts)
+        return b"".join(parts)
+
+    async def _carry_out(self, session: Session, action: Action) -> None:
+        """Do what the core `Connection` said, in the order it said it."""
+        match action:
+            case Reply(event):
+                if event["type"] == "error":
+                    log.debug("conn %d error %s", self.conn_id, event["code"])
+                session.send(event)
+            case ToRoom(_, msg):
+                await self._to_room(session, action, Act(session, msg))
+            case JoinRoom(_, aid, public_key, request_id):
+                await self._to_room(session, action, Join(session, aid, public_key, request_id))
+            case CreateRoom(aid, encrypted_room_key, _, _):
+                handle = await self.context.rooms.create(
+                    host=aid, encrypted_room_key=encrypted_room_key
+                )
+                created = None if handle is None else handle.room_id
+                await self._carry_out(session, session.state.room_created(action, created))
+            case Authenticated(aid, reply):
+                log.info("conn %d auth aid=%s", self.conn_id, aid)
+                session.send(reply)
+            case SendPing():
+                session.outbox.put(self.ws.send(Ping(b"")))
+            case Close(code):
+                session.close(code)
+
+    async def _to_room(self, session: Session, action: JoinRoom | ToRoom, command: Command) -> None:
+        handle: RoomHandle | None = self.context.rooms.get(action.room_id)
+        try:
+            if handle is None:
+                raise trio.BrokenResourceError
+            # Without a checkpoint when the inbox has room: the reader then hands a
+            # whole chunk of frames to the room in one scheduler turn, and the room
+            # and the writers handle them as one batch (one write per member).
+            try:
+                handle.inbox_send.send_nowait(command)
+            except trio.WouldBlock:
+                await handle.inbox_send.send(command)
+        except trio.BrokenResourceError:
+            await self._carry_out(session, session.state.room_gone(action))

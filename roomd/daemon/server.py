@@ -1,0 +1,211 @@
+"""The WebSocket daemon: listeners, the nursery tree and graceful shutdown.
+
+    Server.run
+    └── server nursery
+        ├── flusher: every dirty outbox -> its socket, once per scheduler turn
+        ├── event bus pump: bus events -> room inboxes
+        └── rooms nursery: one room loop per live room (RoomRegistry)
+            └── connections nursery
+                ├── trio.serve_listeners: accepts TCP (or TLS) streams
+                ├── one task per connection (reader.py): handshake, then reader
+                └── outbox writers, only while a socket refuses bytes
+
+The server API is not in this tree: `roomd.node` runs it beside the server,
+on the `RoomControl` that `run` reports once it listens.
+
+`shutdown()` starts the drain: new handshakes get 503, every open connection is
+closed with 1001, and once they are gone (or `close_timeout` passed) the whole
+tree is cancelled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import ssl
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
+
+import attrs
+import trio
+
+from roomd.config import Config
+from roomd.core.admission import Admission
+from roomd.core.stats import Stats
+from roomd.daemon.bus import BusEvent, EventBus, LocalEventBus
+from roomd.daemon.control import RoomControl
+from roomd.daemon.outbox import Flusher
+from roomd.daemon.reader import ConnectionContext, serve_connection
+from roomd.daemon.registry import RoomRegistry
+from roomd.daemon.session import Sessions
+from roomd.store import RoomStore
+
+log = logging.getLogger("roomd.server")
+
+
+def make_ssl_context(cert: Path, key: Path) -> ssl.SSLContext:
+    """Return a server TLS context for the PEM `cert` chain and its `key`."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+def _peer_ip(stream: trio.abc.Stream) -> str:
+    """Return the peer address of a TCP (or TLS over TCP) stream.
+
+    In-process streams (tests over memory streams) count as loopback.
+    """
+    transport = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+    if isinstance(transport, trio.SocketStream):
+        return str(transport.socket.getpeername()[0])
+    return "127.0.0.1"
+
+
+def _bound_port(listener: trio.abc.Listener[trio.abc.Stream]) -> int:
+    if isinstance(listener, trio.SSLListener):
+        listener = listener.transport_listener
+    if isinstance(listener, trio.SocketListener):
+        return int(listener.socket.getsockname()[1])
+    return 0
+
+
+def wall_clock_ms() -> int:
+    """Return the wall-clock time in Unix milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
+@attrs.frozen
+class Running:
+    """A server that listens: its port and the live parts others may read or steer."""
+
+    port: int
+    control: RoomControl
+    registry: RoomRegistry
+    sessions: Sessions
+    admission: Admission
+
+
+@attrs.define(eq=False)
+class Server:
+    """One roomd WebSocket server: its settings, its store and bus, its counters."""
+
+    config: Config
+    token_secret: str
+    store: RoomStore
+    bus: EventBus = attrs.field(factory=LocalEventBus)
+    # Wall-clock time (ts, createdAt, token checks); tests tie it to the mock clock.
+    wall_ms: Callable[[], int] = wall_clock_ms
+    stats: Stats = attrs.field(factory=Stats)
+    # Set once the WebSocket drain is over (the server API stops then).
+    drained: trio.Event = attrs.field(factory=trio.Event)
+    _stopping: trio.Event = attrs.field(factory=trio.Event)
+
+    def shutdown(self) -> None:
+        """Begin the graceful shutdown; `run` returns once it is done."""
+        self._stopping.set()
+
+    async def open_listeners(self) -> list[trio.abc.Listener[trio.abc.Stream]]:
+        """Open the TCP listeners of the config, wrapped in TLS when it names a certificate."""
+        config = self.config
+        tcp = await trio.open_tcp_listeners(config.port, host=config.host)
+        if config.tls_cert is None or config.tls_key is None:
+            return list(tcp)
+        context = make_ssl_context(config.tls_cert, config.tls_key)
+        return [trio.SSLListener(lst, context, https_compatible=False) for lst in tcp]
+
+    async def run(
+        self,
+        listeners: Sequence[trio.abc.Listener[trio.abc.Stream]] | None = None,
+        *,
+        task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve until `shutdown()`; report the `Running` server through `task_status`.
+
+        Stored rooms are restored (and expired ones deleted) before the first
+        connection is accepted.
+
+        Resource handling: the listeners (opened from the config when not given),
+        every connection and room, and the store are closed before this returns.
+        """
+        if listeners is None:
+            listeners = await self.open_listeners()
+        try:
+            async with trio.open_nursery() as server_nursery:
+                await self._serve(server_nursery, listeners, task_status)
+                server_nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.store.aclose()
+
+    async def _serve(
+        self,
+        server_nursery: trio.Nursery,
+        listeners: Sequence[trio.abc.Listener[trio.abc.Stream]],
+        task_status: trio.TaskStatus[Running],
+    ) -> None:
+        config = self.config
+        admission = Admission(config.max_conns_per_ip, config.allowed_origins)
+        sessions = Sessions(self.stats)
+        flusher = Flusher()
+        async with trio.open_nursery() as rooms_nursery:
+            registry = RoomRegistry(config, rooms_nursery, self.store, self.stats, self.wall_ms)
+            restored, expired = await registry.restore()
+            if restored or expired:
+                log.info("rooms restored: %d, expired while down: %d", restored, expired)
+            await server_nursery.start(flusher.run)
+            await server_nursery.start(self.bus.run, partial(_to_room, registry))
+            async with trio.open_nursery() as connections:
+                context = ConnectionContext(
+                    limits=config.connection_limits(),
+                    token_secret=self.token_secret,
+                    wall_ms=self.wall_ms,
+                    handshake_timeout=config.auth_timeout,
+                    close_timeout=config.close_timeout,
+                    send_queue=config.send_queue,
+                    trusted_proxies=config.trusted_proxies,
+                    admission=admission,
+                    stats=self.stats,
+                    flusher=flusher,
+                    nursery=connections,
+                    rooms=registry,
+                    sessions=sessions,
+                    conn_ids=itertools.count(1),
+                )
+
+                async def serve_stream(stream: trio.abc.Stream) -> None:
+                    await serve_connection(context, stream, _peer_ip(stream))
+
+                connections.start_soon(
+                    partial(
+                        trio.serve_listeners,
+                        serve_stream,
+                        list(listeners),
+                        handler_nursery=connections,
+                    )
+                )
+                control = RoomControl(registry, self.bus, admission, sessions)
+                task_status.started(
+                    Running(_bound_port(listeners[0]), control, registry, sessions, admission)
+                )
+                await self._stopping.wait()
+                admission.draining = True
+                log.info("shutting down: closing %d connections", len(sessions.open))
+                with trio.move_on_after(config.close_timeout + 1):
+                    await sessions.close_all()
+                self.drained.set()
+                connections.cancel_scope.cancel()
+            # Connections are gone (their rooms told); now stop the rooms, which save
+            # their last seq on the way out.
+            rooms_nursery.cancel_scope.cancel()
+
+
+async def _to_room(registry: RoomRegistry, event: BusEvent) -> None:
+    """Hand an event from the bus to the live room it names (if it lives here)."""
+    handle = registry.get(event.room_id)
+    if handle is None:
+        return
+    with contextlib.suppress(trio.BrokenResourceError):  # the room ended meanwhile
+        await handle.inbox_send.send(event)

@@ -1,0 +1,107 @@
+"""One roomd process: the WebSocket daemon and, beside it, the server API.
+
+This is where the layers meet. `Node.from_config` reads the data dir's secrets
+and opens the configured store; `Node.run` starts the daemon's `Server`, then
+serves the API on the `RoomControl` the server reports, so the daemon and the
+API never import each other.
+
+    Node.run
+    └── node nursery
+        ├── Server.run: the WebSocket daemon (roomd.daemon.server draws its tree)
+        └── the server API: hypercorn on trio + the Starlette app (unless --no-api)
+
+The API stops taking requests once the WebSocket drain is over, and the whole
+node ends when the server has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+
+import attrs
+import trio
+
+from roomd.api.app import build_app
+from roomd.api.http import serve_api
+from roomd.config import Config
+from roomd.daemon.server import Running, Server
+from roomd.datadir import load_api_key, load_token_secret
+from roomd.store import RoomStore
+from roomd.store.memory import MemoryRoomStore
+from roomd.store.sqlite import SqliteRoomStore
+
+
+def open_store(kind: str, data_dir: Path) -> RoomStore:
+    """Return the room store `kind` names: `sqlite` (in `data_dir`) or `memory`."""
+    if kind == "sqlite":
+        return SqliteRoomStore.in_data_dir(data_dir)
+    return MemoryRoomStore()
+
+
+@attrs.frozen
+class Bound:
+    """Where a started node listens: the WebSocket port, and the API's URL if served."""
+
+    port: int
+    api_url: str | None
+    # The live server, for whoever started the node (tests read its rooms and sessions).
+    running: Running
+
+
+@attrs.define(eq=False)
+class Node:
+    """A roomd server and the API key that guards its server API (None: no API)."""
+
+    server: Server
+    api_key: str | None
+
+    @classmethod
+    def from_config(cls, config: Config) -> Node:
+        """Return the node of `config`: secrets and store from the data dir and environment."""
+        server = Server(
+            config=config,
+            token_secret=load_token_secret(config.data_dir),
+            store=open_store(config.store, config.data_dir),
+        )
+        return cls(server, load_api_key(config.data_dir) if config.api else None)
+
+    def shutdown(self) -> None:
+        """Begin the graceful shutdown; `run` returns once it is done."""
+        self.server.shutdown()
+
+    async def run(
+        self,
+        listeners: Sequence[trio.abc.Listener[trio.abc.Stream]] | None = None,
+        *,
+        task_status: trio.TaskStatus[Bound] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve until `shutdown()`; report where the node listens through `task_status`.
+
+        Resource handling: the server's listeners, connections, rooms and store,
+        and the API's sockets, are closed before this returns.
+        """
+        server = self.server
+        config = server.config
+        async with trio.open_nursery() as nursery:
+
+            async def run_server(task_status: trio.TaskStatus[Running]) -> None:
+                await server.run(listeners, task_status=task_status)
+                nursery.cancel_scope.cancel()  # the API, if still finishing requests
+
+            running: Running = await nursery.start(run_server)
+            api_url = None
+            if config.api and self.api_key is not None:
+                app = build_app(
+                    running.control,
+                    server.stats,
+                    api_key=self.api_key,
+                    token_secret=server.token_secret,
+                    wall_ms=server.wall_ms,
+                )
+                serve = partial(
+                    serve_api, app, config.api_host, config.api_port, server.drained.wait
+                )
+                api_url = (await nursery.start(serve))[0]
+            task_status.started(Bound(running.port, api_url, running))

@@ -1,0 +1,46 @@
+"""The room store: what survives a restart, behind a seam a cluster can share.
+
+A store keeps one `RoomRecord` (roomd.core.room) per room: id, host, encrypted
+room key, creation time, since when it has been empty, and `seq_reserved`, the
+high-water mark of `seq`. The room loop never writes per message: it reserves
+`seq` numbers in blocks (`SEQ_BLOCK`) and saves the record only when the block
+runs out or a durable field (host, key, emptiness) changes, and it saves
+*before* it lets anyone see the change. So after a crash, even `kill -9`, a
+room restarts at `seq_reserved`, above every `seq` it ever sent: `seq` never
+repeats or goes back.
+
+Implementations: `SqliteRoomStore` (sqlite.py, the default, a file in the data
+dir) and `MemoryRoomStore` (memory.py, nothing survives; for tests of the trio
+layer on the mock clock, where a thread would let the clock jump, and for
+throwaway servers). A Redis store for a cluster implements the same protocol.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from roomd.core.room import RoomRecord
+
+
+class RoomStore(Protocol):
+    """Where rooms outlive the process."""
+
+    async def load(self) -> list[RoomRecord]:
+        """Return every stored room."""
+        ...
+
+    async def insert(self, record: RoomRecord) -> bool:
+        """Store a new room; return False (storing nothing) when its id exists."""
+        ...
+
+    async def save(self, record: RoomRecord) -> None:
+        """Overwrite the stored fields of an existing room; durable on return."""
+        ...
+
+    async def delete(self, room_id: str) -> None:
+        """Forget a room (no error when it is unknown)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the store's resources."""
+        ...

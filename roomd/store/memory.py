@@ -1,0 +1,37 @@
+"""A room store in a dict: fast, in-process, forgotten at exit."""
+
+from __future__ import annotations
+
+import attrs
+import trio
+
+from roomd.core.room import RoomRecord
+
+
+@attrs.define
+class MemoryRoomStore:
+    """A store in a dict: fast, in-process, forgotten at exit."""
+
+    records: dict[str, RoomRecord] = attrs.field(factory=dict)
+
+    async def load(self) -> list[RoomRecord]:
+        await trio.lowlevel.checkpoint()
+        return list(self.records.values())
+
+    async def insert(self, record: RoomRecord) -> bool:
+        await trio.lowlevel.checkpoint()
+        if record.room_id in self.records:
+            return False
+        self.records[record.room_id] = record
+        return True
+
+    async def save(self, record: RoomRecord) -> None:
+        await trio.lowlevel.checkpoint()
+        self.records[record.room_id] = record
+
+    async def delete(self, room_id: str) -> None:
+        await trio.lowlevel.checkpoint()
+        self.records.pop(room_id, None)
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()

@@ -1,0 +1,90 @@
+"""A room store in one SQLite file of the data dir, off the trio loop.
+
+Every call runs on a worker thread (one at a time), so the trio loop never
+blocks on the disk. WAL with `synchronous=FULL`: a committed save survives the
+process being killed, and power loss.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+import trio
+
+from roomd.core.room import RoomRecord
+
+T = TypeVar("T")
+
+DB_FILE = "rooms.sqlite3"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS rooms (
+    room_id TEXT PRIMARY KEY,
+    host TEXT,
+    encrypted_room_key BLOB,
+    created_at INTEGER NOT NULL,
+    empty_since INTEGER,
+    seq_reserved INTEGER NOT NULL
+)
+"""
+_COLUMNS = "room_id, host, encrypted_room_key, created_at, empty_since, seq_reserved"
+
+
+class SqliteRoomStore:
+    """A store in one SQLite file; each call runs on a worker thread, one at a time."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # WAL + FULL: a committed write survives the process being killed, and power loss.
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(_SCHEMA)
+        self._limiter = trio.CapacityLimiter(1)
+
+    @classmethod
+    def in_data_dir(cls, data_dir: Path) -> SqliteRoomStore:
+        """Return the store of a data dir (created when missing)."""
+        return cls(data_dir / DB_FILE)
+
+    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+
+    async def load(self) -> list[RoomRecord]:
+        rows = await self._run(self._select_all)
+        return [RoomRecord(*row) for row in rows]
+
+    def _select_all(self) -> list[tuple[Any, ...]]:
+        return self._db.execute(f"SELECT {_COLUMNS} FROM rooms").fetchall()
+
+    async def insert(self, record: RoomRecord) -> bool:
+        return await self._run(self._insert, record)
+
+    def _insert(self, record: RoomRecord) -> bool:
+        cursor = self._db.execute(
+            f"INSERT OR IGNORE INTO rooms ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+            attrs.astuple(record),
+        )
+        return cursor.rowcount == 1
+
+    async def save(self, record: RoomRecord) -> None:
+        await self._run(self._save, record)
+
+    def _save(self, record: RoomRecord) -> None:
+        self._db.execute(
+            f"INSERT OR REPLACE INTO rooms ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+            attrs.astuple(record),
+        )
+
+    async def delete(self, room_id: str) -> None:
+        await self._run(self._delete, room_id)
+
+    def _delete(self, room_id: str) -> None:
+        self._db.execute("DELETE FROM rooms WHERE room_id = ?", (room_id,))
+
+    async def aclose(self) -> None:
+        await self._run(self._db.close)
