@@ -8,12 +8,13 @@ run *ARGS: _venv
     {{py}} -m pip install -q -e .
     {{venv}}/bin/roomd serve --host 127.0.0.1 --port 8765 --data-dir ./roomd-data {{ARGS}}
 
-# Lint, type-check and run the whole test suite.
+# Lint, type-check, check the import contract and run the whole test suite.
 test *ARGS: _venv
     {{py}} -m pip install -q -e '.[test]'
     {{venv}}/bin/ruff format --check roomd tests bench
     {{venv}}/bin/ruff check roomd tests bench
     {{venv}}/bin/mypy
+    {{venv}}/bin/lint-imports
     {{py}} -m pytest {{ARGS}}
 
 # Print a token for AID, signed with the data dir's secret.

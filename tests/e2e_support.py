@@ -30,7 +30,7 @@ import trio
 from trio_websocket import open_websocket_url
 from websockets.sync.client import ClientConnection, connect
 
-from roomd.auth import mint_token
+from roomd.core.token import mint_token
 
 SECRET = "e2e-token-secret-5f0c9a1d7b3e4c2a8d6f0e1b9a7c5d3e"
 JSON = "roomd.v1.json"

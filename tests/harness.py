@@ -1,6 +1,7 @@
-"""In-process harness: a roomd `Server` on fake listeners and a wsproto test client.
+"""In-process harness: a roomd `Node` on fake listeners and a wsproto test client.
 
-`running_server(config)` starts the real server task tree on a `FakeListener`;
+`running_server(config)` starts the real node (server task tree, and the API when
+asked) on a `FakeListener`;
 `Client` is a small WebSocket client (wsproto, the same sans-I/O library a real
 client could use) over a trio memory stream, with full control over pongs so
 tests can play a silent or slow peer. Everything is in-process, so tests run on
@@ -34,11 +35,16 @@ from wsproto.events import (
     TextMessage,
 )
 
-from roomd.admission import Admission
-from roomd.auth import mint_token
 from roomd.config import Config
-from roomd.server import Bound, Server
-from roomd.session import Session
+from roomd.core.admission import Admission
+from roomd.core.stats import Stats
+from roomd.core.token import mint_token
+from roomd.daemon.registry import RoomRegistry
+from roomd.daemon.server import Server, wall_clock_ms
+from roomd.daemon.session import Session
+from roomd.node import Bound, Node
+from roomd.store import RoomStore
+from roomd.store.memory import MemoryRoomStore
 
 from .conftest import SECRET
 
@@ -83,14 +89,47 @@ def token(aid: str, ttl: float = 3600, secret: str = SECRET) -> str:
 
 @attrs.define
 class Harness:
-    """A running server and the means to connect to it."""
+    """A running node and the means to connect to it."""
 
-    server: Server
+    node: Node
+    bound: Bound
     listener: FakeListener
-    # Set when `Server.run` has returned (after `server.shutdown()`).
+    # Set when `Node.run` has returned (after `shutdown()`).
     stopped: trio.Event = attrs.field(factory=trio.Event)
-    # The server API's base URL (`http://HOST:PORT`) when it is served.
-    api_url: str | None = None
+
+    @property
+    def api_url(self) -> str | None:
+        """The server API's base URL (`http://HOST:PORT`) when it is served."""
+        return self.bound.api_url
+
+    @property
+    def config(self) -> Config:
+        """The node's settings."""
+        return self.node.server.config
+
+    @property
+    def stats(self) -> Stats:
+        """The node's counters."""
+        return self.node.server.stats
+
+    @property
+    def registry(self) -> RoomRegistry:
+        """The node's live rooms."""
+        return self.bound.running.registry
+
+    @property
+    def sessions(self) -> set[Session]:
+        """The node's open sessions."""
+        return self.bound.running.sessions.open
+
+    @property
+    def admission(self) -> Admission:
+        """The node's handshake admission (per-IP counts, draining)."""
+        return self.bound.running.admission
+
+    def shutdown(self) -> None:
+        """Begin the node's graceful shutdown."""
+        self.node.shutdown()
 
     async def connect(
         self,
@@ -121,7 +160,7 @@ class Harness:
 
     def session_of(self, aid: str) -> Session:
         """Return the server-side session of the one open connection authenticated as `aid`."""
-        (session,) = [s for s in self.server.sessions if s.aid == aid]
+        (session,) = [s for s in self.sessions if s.aid == aid]
         return session
 
     async def open_room(self, *aids: str, **kwargs: Any) -> tuple[str, list[Client]]:
@@ -147,31 +186,42 @@ class Harness:
 
 
 @asynccontextmanager
-async def running_server(*, api_key: str | None = None, **overrides: Any) -> AsyncIterator[Harness]:
-    """Run a roomd server on a fake listener for the body of the `async with`.
+async def running_server(
+    *,
+    api_key: str | None = None,
+    store: RoomStore | None = None,
+    wall_ms: Callable[[], int] = wall_clock_ms,
+    stop: bool = False,
+    **overrides: Any,
+) -> AsyncIterator[Harness]:
+    """Run a roomd node on a fake listener for the body of the `async with`.
 
     With `api_key` and `api=True` among the overrides it also serves the server API
-    (hypercorn on real sockets: use the real clock), at `Harness.api_url`.
+    (hypercorn on real sockets: use the real clock), at `Harness.api_url`. With
+    `stop`, the node is shut down gracefully at the end instead of cancelled.
     """
     config = make_config(**overrides)
     server = Server(
         config=config,
         token_secret=SECRET,
-        admission=Admission(config.max_conns_per_ip, config.allowed_origins),
-        api_key=api_key,
+        store=MemoryRoomStore() if store is None else store,
+        wall_ms=wall_ms,
     )
+    node = Node(server, api_key)
     listener = FakeListener()
-    harness = Harness(server, listener)
+    stopped = trio.Event()
 
     async def serve(task_status: trio.TaskStatus[Bound] = trio.TASK_STATUS_IGNORED) -> None:
-        await server.run([listener], task_status=task_status)
-        harness.stopped.set()
+        await node.run([listener], task_status=task_status)
+        stopped.set()
 
     async with trio.open_nursery() as nursery:
         bound = await nursery.start(serve)
-        harness.api_url = bound.api_url
-        yield harness
-        nursery.cancel_scope.cancel()
+        yield Harness(node, bound, listener, stopped)
+        if stop:
+            node.shutdown()
+        else:
+            nursery.cancel_scope.cancel()
 
 
 def running_api_server(**overrides: Any) -> AbstractAsyncContextManager[Harness]:

@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
 
-from roomd.admission import Admission
-from roomd.server import Server
-from roomd.store import MemoryRoomStore, RoomStore
+from roomd.store import RoomStore
+from roomd.store.memory import MemoryRoomStore
 
-from .conftest import SECRET
 from .e2e_support import RoomdProcess, WsClient, b64, roomd_processes
-from .harness import FakeListener, Harness, make_config
+from .harness import Harness, running_server
 
 Start = Callable[..., RoomdProcess]
 
@@ -93,22 +91,11 @@ def test_graceful_restart_keeps_seq_contiguous_and_host(start_roomd: Start, tmp_
     alice.close()
 
 
-@asynccontextmanager
-async def _server_on(store: RoomStore, wall_ms: Callable[[], int]) -> AsyncIterator[Harness]:
+def _server_on(
+    store: RoomStore, wall_ms: Callable[[], int]
+) -> AbstractAsyncContextManager[Harness]:
     """Run one in-process server over `store`, with its wall clock on trio's clock."""
-    config = make_config()
-    server = Server(
-        config=config,
-        token_secret=SECRET,
-        admission=Admission(0),
-        store=store,
-        wall_ms=wall_ms,
-    )
-    listener = FakeListener()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(server.run, [listener])
-        yield Harness(server, listener)
-        server.shutdown()
+    return running_server(store=store, wall_ms=wall_ms, stop=True)
 
 
 def _mock_wall() -> Callable[[], int]:
@@ -135,7 +122,7 @@ async def test_room_whose_ttl_ran_out_while_down_is_gone_at_start(
         assert room_id in store.records
         await trio.sleep(DAY + 1)  # roomd is down for a day
         async with _server_on(store, wall) as h:
-            assert h.server.registry.get(room_id) is None
+            assert h.registry.get(room_id) is None
             assert room_id not in store.records
             client = await h.login("bob", ttl=10 * DAY)
             reply = await client.request({"type": "joinChatroom", "roomId": room_id})
@@ -152,9 +139,9 @@ async def test_room_with_ttl_left_resumes_its_countdown_after_a_restart(
         room_id = await _room_left_empty(store, wall)
         await trio.sleep(DAY - 1000)  # down for most of the room's ttl
         async with _server_on(store, wall) as h:
-            assert h.server.registry.get(room_id) is not None
+            assert h.registry.get(room_id) is not None
             await trio.sleep(900)
-            assert h.server.registry.get(room_id) is not None
+            assert h.registry.get(room_id) is not None
             await trio.sleep(200)
-            assert h.server.registry.get(room_id) is None
+            assert h.registry.get(room_id) is None
             assert room_id not in store.records

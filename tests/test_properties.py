@@ -24,8 +24,8 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from roomd import message as m
-from roomd.codec import decode_frame
+from roomd.core import message as m
+from roomd.core.codec import decode_frame
 from roomd.errors import ErrorCode, ProtocolError
 
 from .harness import running_server
@@ -432,7 +432,7 @@ async def _assert_room_intact(
     assert joined["host"] == "alice" and joined["lastSeq"] == last_seq + 1
     expected = ["alice", *(["bob"] if others else []), "carol"]
     assert [member["aid"] for member in joined["members"]] == expected
-    assert list(h.server.registry.rooms) == [room]
+    assert list(h.registry.rooms) == [room]
 
 
 async def _bad_frames_scenario(codec: str, data: st.DataObject) -> None:

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from roomd.deadline import ConnectionDeadlines
+from roomd.core.deadline import ConnectionDeadlines
 from roomd.errors import CloseCode
 
 T0 = 100.0

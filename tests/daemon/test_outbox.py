@@ -1,4 +1,4 @@
-"""The write path: frames reach the socket whole, in order, batched, or the session closes."""
+"""The write path: frames are built right and reach the socket whole, in order, batched."""
 
 from __future__ import annotations
 
@@ -9,24 +9,26 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 import trio.testing
+from wsproto.frame_protocol import FrameProtocol, Opcode
 
-from roomd.outbox import Flusher, Outbox
+from roomd.daemon.outbox import Flusher, Outbox, build_frame
+from roomd.errors import CloseCode
 
 Pair = tuple[trio.SocketStream, trio.SocketStream]
 
 
 class Recorder:
-    """Counts what the outbox reports back to its session."""
+    """Counts the closes the outbox asks of its session, by cause."""
 
     def __init__(self) -> None:
         self.overflows = 0
         self.broken = 0
 
-    def overflow(self) -> None:
-        self.overflows += 1
-
-    def broke(self) -> None:
-        self.broken += 1
+    def close(self, code: CloseCode) -> None:
+        if code == CloseCode.SLOW_CONSUMER:
+            self.overflows += 1
+        elif code == CloseCode.ABNORMAL:
+            self.broken += 1
 
 
 @asynccontextmanager
@@ -36,10 +38,7 @@ async def _running(stream: trio.abc.Stream, limit: int) -> AsyncIterator[tuple[O
     async with trio.open_nursery() as nursery:
         flusher = Flusher()
         await nursery.start(flusher.run)
-        outbox = Outbox.for_stream(
-            stream, flusher, limit=limit, on_overflow=rec.overflow, on_broken=rec.broke
-        )
-        outbox.nursery = nursery
+        outbox = Outbox.for_stream(stream, flusher, nursery, limit=limit, on_close=rec.close)
         yield outbox, rec
         nursery.cancel_scope.cancel()
 
@@ -146,3 +145,19 @@ async def test_a_peer_that_is_gone_marks_the_outbox_broken(sockets: Pair) -> Non
                 await trio.testing.wait_all_tasks_blocked()
             assert rec.broken >= 1
             assert outbox.torn
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 200_000])
+@pytest.mark.parametrize("text", [True, False])
+def test_frame_round_trips_through_a_client_parser(size: int, text: bool) -> None:
+    """Every payload length class (7, 16 and 64 bit) parses back to the same payload."""
+    payload = b"a" * size
+    client = FrameProtocol(client=True, extensions=[])
+    client.receive_bytes(build_frame(payload, text=text))
+    frames = list(client.received_frames())
+    assert len(frames) == 1
+    frame = frames[0]
+    assert frame.opcode is (Opcode.TEXT if text else Opcode.BINARY)
+    assert frame.message_finished
+    data = frame.payload.encode() if text else bytes(frame.payload)
+    assert data == payload

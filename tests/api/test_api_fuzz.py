@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from .e2e_support import ERROR_LINE, RoomdProcess, clean_env
+from ..e2e_support import ERROR_LINE, RoomdProcess, clean_env
 
 pytestmark = pytest.mark.e2e
 

@@ -28,9 +28,9 @@ import trio
 import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
 
-from roomd.openapi import OPENAPI
+from roomd.api.openapi import OPENAPI
 
-from .harness import API_KEY, Client, Harness, running_api_server
+from ..harness import API_KEY, Client, Harness, running_api_server
 
 TIMEOUT = 10
 MAX_BODY = 64 * 1024
@@ -234,8 +234,8 @@ async def test_guarded_route_refuses_missing_wrong_or_non_bearer_key(
                 assert reply.error_code == "unauthenticated"
                 assert reply.headers["www-authenticate"] == "Bearer"
             # Nothing happened: the room and its member are still there, no room was added.
-            assert list(h.server.registry.rooms) == ["lobby"]
-            assert list(h.server.registry.rooms["lobby"].room.members) == ["alice"]
+            assert list(h.registry.rooms) == ["lobby"]
+            assert list(h.registry.rooms["lobby"].room.members) == ["alice"]
             assert alice.pending() == []
 
 
@@ -326,7 +326,7 @@ async def test_room_created_without_a_body_gets_a_fresh_unguessable_id() -> None
                 assert re.fullmatch(r"[A-Za-z0-9_-]{22,}", created["roomId"]), created
                 ids.append(created["roomId"])
             assert len(set(ids)) == 3
-            assert sorted(ids) == sorted(h.server.registry.rooms)
+            assert sorted(ids) == sorted(h.registry.rooms)
 
 
 async def test_creating_an_existing_room_id_is_409_and_changes_nothing() -> None:
@@ -383,7 +383,7 @@ async def test_create_room_with_a_bad_body_is_400_and_creates_nothing(raw: bytes
             reply = await http(h, "POST", "/v1/rooms", raw=raw)
             assert reply.status == 400, (why, reply)
             assert reply.error_code in {"badRequest", "tooLarge"}
-            assert h.server.registry.rooms == {}
+            assert h.registry.rooms == {}
 
 
 async def test_largest_room_key_and_body_of_exactly_64_kib_are_accepted() -> None:
@@ -396,7 +396,7 @@ async def test_largest_room_key_and_body_of_exactly_64_kib_are_accepted() -> Non
         async with running_api_server() as h:
             reply = await http(h, "POST", "/v1/rooms", raw=body)
             assert reply.status == 201
-            assert h.server.registry.rooms["edge"].room.encrypted_room_key == key
+            assert h.registry.rooms["edge"].room.encrypted_room_key == key
 
 
 @pytest.mark.parametrize("path", BODY_ROUTES)
@@ -409,7 +409,7 @@ async def test_body_over_64_kib_is_413(path: str) -> None:
                 await http(h, "POST", "/v1/rooms", {"roomId": "lobby", "host": "alice"})
             ).status == 201
             await join(h, "alice", "lobby")
-            rooms = set(h.server.registry.rooms)
+            rooms = set(h.registry.rooms)
             declared = [("Content-Length", str(MAX_BODY + 1))]
             reply = await http(h, "POST", path, headers=declared, finish=False)
             assert reply.status == 413
@@ -419,8 +419,8 @@ async def test_body_over_64_kib_is_413(path: str) -> None:
             reply = await http(h, "POST", path, chunks=chunks, finish=False)
             assert reply.status == 413
             assert reply.error_code == "tooLarge"
-            assert set(h.server.registry.rooms) == rooms
-            assert list(h.server.registry.rooms["lobby"].room.members) == ["alice"]
+            assert set(h.registry.rooms) == rooms
+            assert list(h.registry.rooms["lobby"].room.members) == ["alice"]
 
 
 # -- GET /v1/rooms -------------------------------------------------------------------
@@ -845,10 +845,10 @@ async def test_healthz_answers_503_while_draining() -> None:
     with trio.fail_after(TIMEOUT):
         async with running_api_server() as h:
             alice = await h.login("alice")
-            h.server.shutdown()
+            h.shutdown()
             # alice does not read, so the drain waits for her answer to close 1001.
             await trio.testing.wait_all_tasks_blocked()
-            assert h.server.admission.draining
+            assert h.admission.draining
             reply = await http(h, "GET", "/healthz", key=None)
             assert reply.status == 503
             assert reply.json() == {"status": "draining"}

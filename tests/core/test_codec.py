@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from roomd import message as m
-from roomd.codec import CBOR, JSON, choose_codec, decode_frame
+from roomd.core import message as m
+from roomd.core.codec import CBOR, JSON, choose_codec, decode_frame
 from roomd.errors import ErrorCode, ProtocolError
 
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from roomd import message as m
+from roomd.core import message as m
 from roomd.errors import ErrorCode, ProtocolError
 
 BAD = ErrorCode.BAD_REQUEST

@@ -5,7 +5,7 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from .harness import running_server
+from ..harness import running_server
 
 
 async def test_wrong_path_is_rejected_with_404(autojump_clock: trio.testing.MockClock) -> None:
@@ -72,14 +72,14 @@ async def test_shutdown_closes_every_client_with_1001_and_run_returns(
         async with running_server() as h:
             _, clients = await h.open_room("alice", "bob")
             clients.append(await h.connect())  # not authenticated
-            h.server.shutdown()
+            h.shutdown()
             for client in clients:
                 assert await client.expect_close() == 1001
             await h.stopped.wait()
-            assert h.server.sessions == set()
-            assert h.server.registry.rooms == {}
-            assert h.server.admission.open_connections() == 0
-            assert not h.server.registry.nursery.child_tasks
+            assert h.sessions == set()
+            assert h.registry.rooms == {}
+            assert h.admission.open_connections() == 0
+            assert not h.registry.nursery.child_tasks
 
 
 async def test_handshake_during_drain_gets_503(autojump_clock: trio.testing.MockClock) -> None:
@@ -87,11 +87,11 @@ async def test_handshake_during_drain_gets_503(autojump_clock: trio.testing.Mock
     with trio.fail_after(10):
         async with running_server() as h:
             deaf = await h.login("deaf")  # never reads again: it holds the drain open
-            h.server.shutdown()
+            h.shutdown()
             late = await h.connect()
             assert late.reject_status == 503
             start = trio.current_time()
             await h.stopped.wait()
-            assert trio.current_time() - start <= h.server.config.close_timeout + 1
+            assert trio.current_time() - start <= h.config.close_timeout + 1
             assert deaf.close_code is None
             assert await deaf.expect_close() == 1001

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from roomd.bucket import LeakyBucket, Verdict
+from roomd.core.bucket import LeakyBucket, Verdict
 
 A, R, D, X = Verdict.ACCEPT, Verdict.REJECT, Verdict.DROP, Verdict.ABUSE
 

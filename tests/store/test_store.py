@@ -7,7 +7,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from roomd.store import MemoryRoomStore, RoomRecord, RoomStore, SqliteRoomStore
+from roomd.core.room import RoomRecord
+from roomd.store import RoomStore
+from roomd.store.memory import MemoryRoomStore
+from roomd.store.sqlite import SqliteRoomStore
 
 RECORD = RoomRecord(
     room_id="r1",

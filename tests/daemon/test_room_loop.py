@@ -8,9 +8,9 @@ import pytest
 import trio
 import trio.testing
 
-from roomd.rooms import Join
+from roomd.daemon.room_loop import Join
 
-from .harness import Client, Harness, running_server
+from ..harness import Client, Harness, running_server
 
 TTL = 24 * 3600.0
 
@@ -33,10 +33,10 @@ async def test_empty_room_expires_after_room_ttl(autojump_clock: trio.testing.Mo
             )
             await alice.close()
             await trio.sleep(TTL - 1)
-            assert room in h.server.registry.rooms
+            assert room in h.registry.rooms
             await trio.sleep(2)
-            assert h.server.registry.rooms == {}
-            assert not h.server.registry.nursery.child_tasks  # the room task ended too
+            assert h.registry.rooms == {}
+            assert not h.registry.nursery.child_tasks  # the room task ended too
             bob = await h.login("bob")
             reply = await bob.request({"type": "joinChatroom", "roomId": room, "id": "j"})
             assert (reply["type"], reply["code"], reply["id"]) == ("error", "notFound", "j")
@@ -63,14 +63,14 @@ async def test_join_cancels_expiry_and_countdown_restarts_when_empty(
             assert await bob.listen(TTL + 100) == [
                 {"type": "hostUpdated", "roomId": room, "host": "bob"}
             ]
-            assert room in h.server.registry.rooms
+            assert room in h.registry.rooms
             await bob.request({"type": "leaveChatroom", "roomId": room})
             await bob.close()
             await trio.sleep(TTL - 1)
-            assert room in h.server.registry.rooms
+            assert room in h.registry.rooms
             await trio.sleep(2)
-            assert h.server.registry.rooms == {}
-            assert not h.server.registry.nursery.child_tasks
+            assert h.registry.rooms == {}
+            assert not h.registry.nursery.child_tasks
 
 
 async def test_a_join_and_leave_in_one_burst_restart_the_countdown(
@@ -86,9 +86,9 @@ async def test_a_join_and_leave_in_one_burst_restart_the_countdown(
             )
             assert (await bob.recv_type("leftChatroom"))["reason"] == "left"
             await trio.sleep(20)  # past the old deadline
-            assert room in h.server.registry.rooms
+            assert room in h.registry.rooms
             await trio.sleep(TTL)
-            assert h.server.registry.rooms == {}
+            assert h.registry.rooms == {}
 
 
 # -- fan-out and closing ----------------------------------------------------------
@@ -107,7 +107,7 @@ async def test_a_join_arriving_after_its_connection_closed_is_not_applied(
             await trio.testing.wait_all_tasks_blocked()
             assert session.close_code is not None  # gone, and its leaves already sent
             # A join that sat behind a full inbox reaches the room only now.
-            handle = h.server.registry.rooms[room]
+            handle = h.registry.rooms[room]
             await handle.inbox_send.send(Join(session, "bob", None, None))
             await trio.testing.wait_all_tasks_blocked()
             assert list(handle.room.members) == ["alice"]
@@ -167,7 +167,7 @@ async def test_closing_host_tells_room_and_moves_host_to_longest_present(
                 }
                 assert await client.recv() == {"type": "hostUpdated", "roomId": room, "host": "bob"}
             await trio.testing.wait_all_tasks_blocked()
-            assert len(h.server.sessions) == 2
+            assert len(h.sessions) == 2
 
 
 async def test_userleft_only_when_the_aids_last_connection_closes(
@@ -301,7 +301,7 @@ async def test_host_operations_are_observed_by_every_member(
                 assert deleted == {"type": "roomDeleted", "roomId": room, "reason": "deleted"}
             assert await carol.drain() == []
             await trio.testing.wait_all_tasks_blocked()
-            assert h.server.registry.rooms == {}
+            assert h.registry.rooms == {}
             assert (await alice.request(message(room)))["code"] == "notMember"
             reply = await carol.request({"type": "joinChatroom", "roomId": room})
             assert reply["code"] == "notFound"

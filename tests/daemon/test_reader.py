@@ -8,7 +8,7 @@ import pytest
 import trio
 import trio.testing
 
-from .harness import running_server, token
+from ..harness import running_server, token
 
 MAX_FRAME = 128 * 1024
 
@@ -57,7 +57,7 @@ async def test_messages_before_auth_are_refused_and_not_processed(
             assert (reply["type"], reply["code"], reply["id"]) == ("error", "unauthenticated", "c1")
             reply = await client.request({"type": "typing", "roomId": "r1", "isTyping": True})
             assert (reply["code"], reply["roomId"]) == ("unauthenticated", "r1")
-            assert h.server.registry.rooms == {}
+            assert h.registry.rooms == {}
             reply = await client.request({"type": "auth", "token": token("alice"), "id": 7})
             assert (reply["type"], reply["aid"], reply["id"]) == ("authOk", "alice", 7)
 
@@ -290,4 +290,4 @@ async def test_a_client_close_code_is_not_taken_for_roomd_s_own(
             await bob.close(4002)
             left = await alice.recv_type("userLeft")
             assert (left["aid"], left["reason"]) == ("bob", "disconnected")
-            assert h.server.stats.closes[4002] == 0
+            assert h.stats.closes[4002] == 0

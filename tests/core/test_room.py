@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from roomd import message as m
+from roomd.core import message as m
+from roomd.core.room import Attached, Detached, Effect, Room, Send
 from roomd.errors import ErrorCode, ProtocolError
-from roomd.room import Attached, Deleted, Deliver, Detached, Effect, Room
 
 R = "r1"
 T0 = 1_000
@@ -45,12 +45,12 @@ def snapshot(room: Room) -> tuple[object, ...]:
 
 def sent(effects: list[Effect]) -> list[tuple[tuple[object, ...], dict[str, Any]]]:
     """Return the deliveries among `effects` as (recipients, event) pairs, in order."""
-    return [(tuple(e.to), e.event) for e in effects if isinstance(e, Deliver)]
+    return [(tuple(e.to), e.event) for e in effects if isinstance(e, Send)]
 
 
 def types(effects: list[Effect]) -> list[object]:
-    """Return the effects with each Deliver reduced to its event type."""
-    return [e.event["type"] if isinstance(e, Deliver) else e for e in effects]
+    """Return the effects with each Send reduced to its event type."""
+    return [e.event["type"] if isinstance(e, Send) else e for e in effects]
 
 
 def refused(room: Room, code: ErrorCode, call: Any) -> None:
@@ -80,7 +80,7 @@ def test_creator_joins_an_empty_room_as_host() -> None:
         "lastSeq": 0,
         "id": 7,
     }
-    assert effects == [Attached("c1"), Deliver(("c1",), success)]
+    assert effects == [Attached("c1"), Send(("c1",), success)]
     assert room.empty_since is None and room.aid_of("c1") == "alice"
 
 
@@ -97,7 +97,7 @@ def test_members_are_listed_in_join_order_and_told_of_newcomers() -> None:
     room = populated(("a1", "alice"), ("b1", "bob"))
     effects = room.join("c1", "carol", None, T0 + 9)
     joined = {"type": "userJoined", "roomId": R, "aid": "carol", "publicKey": None}
-    assert effects[0] == Deliver(("a1", "b1"), joined)
+    assert effects[0] == Send(("a1", "b1"), joined)
     [(to, success)] = sent(effects[1:])
     assert to == ("c1",) and success["you"] == "carol" and success["host"] == "alice"
     assert success["members"] == [
@@ -193,7 +193,7 @@ def test_typing_goes_to_the_other_aids_only(is_typing: bool) -> None:
     room = populated(("a1", "alice"), ("b1", "bob"), ("a2", "alice"), ("c1", "carol"))
     effects = room.handle("a2", m.Typing(room_id=R, is_typing=is_typing), T0)
     typing = {"type": "typing", "roomId": R, "aid": "alice", "isTyping": is_typing}
-    assert effects == [Deliver(["b1", "c1"], typing)]
+    assert effects == [Send(["b1", "c1"], typing)]
 
 
 @pytest.mark.parametrize("remove", [True, False])
@@ -209,7 +209,7 @@ def test_reaction_goes_to_everyone(remove: bool) -> None:
         "emoji": "👍",
         "remove": remove,
     }
-    assert room.handle("b1", msg, T0) == [Deliver(("a1", "b1"), reaction)]
+    assert room.handle("b1", msg, T0) == [Send(("a1", "b1"), reaction)]
 
 
 def test_signal_goes_to_every_connection_of_the_target_only() -> None:
@@ -217,7 +217,7 @@ def test_signal_goes_to_every_connection_of_the_target_only() -> None:
     room = populated(("a1", "alice"), ("b1", "bob"), ("c1", "carol"), ("b2", "bob"))
     effects = room.handle("c1", m.Signal(room_id=R, to="bob", payload=b"sdp"), T0)
     signal = {"type": "signal", "roomId": R, "from": "carol", "payload": b"sdp"}
-    assert effects == [Deliver(("b1", "b2"), signal)]
+    assert effects == [Send(("b1", "b2"), signal)]
 
 
 def test_signal_to_an_absent_aid_is_not_found() -> None:
@@ -268,7 +268,7 @@ def test_update_room_key_reaches_everyone_and_later_joiners() -> None:
     room = populated(("a1", "alice"), ("b1", "bob"))
     effects = room.handle("a1", m.UpdateRoomKey(room_id=R, encrypted_room_key=b"K2"), T0)
     updated = {"type": "roomKeyUpdated", "roomId": R, "encryptedRoomKey": b"K2", "by": "alice"}
-    assert effects == [Deliver(("a1", "b1"), updated)]
+    assert effects == [Send(("a1", "b1"), updated)]
     assert sent(room.join("c1", "carol", None, T0))[-1][1]["encryptedRoomKey"] == b"K2"
 
 
@@ -281,7 +281,7 @@ def test_leave_answers_the_sender_and_tells_the_others() -> None:
     effects = room.handle("b1", m.LeaveChatroom(room_id=R, id=4), T0 + 50)
     left = {"type": "leftChatroom", "roomId": R, "reason": "left", "id": 4}
     user_left = {"type": "userLeft", "roomId": R, "aid": "bob", "reason": "left"}
-    assert effects == [Deliver(("b1",), left), Detached("b1"), Deliver(("a1", "c1"), user_left)]
+    assert effects == [Send(("b1",), left), Detached("b1"), Send(("a1", "c1"), user_left)]
     assert room.aid_of("b1") is None and list(room.members) == ["alice", "carol"]
 
 
@@ -290,7 +290,7 @@ def test_a_closed_connection_leaves_with_its_reason(reason: str) -> None:
     """disconnect removes the connection; the others get userLeft with that reason."""
     room = populated(("a1", "alice"), ("b1", "bob"))
     user_left = {"type": "userLeft", "roomId": R, "aid": "bob", "reason": reason}
-    assert room.disconnect("b1", reason, T0) == [Detached("b1"), Deliver(("a1",), user_left)]
+    assert room.disconnect("b1", reason, T0) == [Detached("b1"), Send(("a1",), user_left)]
 
 
 def test_disconnect_of_a_connection_not_in_the_room_is_a_no_op() -> None:
@@ -316,7 +316,7 @@ def test_only_the_last_connection_of_an_aid_produces_user_left(how: str) -> None
     assert go("b2") == [Detached("b2")]
     reason = "left" if how == "leave" else how
     user_left = {"type": "userLeft", "roomId": R, "aid": "bob", "reason": reason}
-    assert go("b1") == [Detached("b1"), Deliver(("a1",), user_left)]
+    assert go("b1") == [Detached("b1"), Send(("a1",), user_left)]
 
 
 def test_a_non_member_cannot_leave() -> None:
@@ -332,10 +332,10 @@ def test_kick_tells_the_target_and_then_the_others() -> None:
     kicked = {"type": "leftChatroom", "roomId": R, "reason": "kicked"}
     user_left = {"type": "userLeft", "roomId": R, "aid": "bob", "reason": "kicked"}
     assert effects == [
-        Deliver(("b1", "b2"), kicked),
+        Send(("b1", "b2"), kicked),
         Detached("b1"),
         Detached("b2"),
-        Deliver(("a1", "c1"), user_left),
+        Send(("a1", "c1"), user_left),
     ]
     assert room.host == "alice" and room.connections() == ("a1", "c1")
     assert room.aid_of("b1") is None and room.aid_of("b2") is None
@@ -350,17 +350,17 @@ def test_kick_of_an_absent_aid_or_of_the_host_itself_is_refused(target: str, cod
 
 
 def test_delete_tells_everyone_and_ends_the_room() -> None:
-    """deleteChatroom: roomDeleted deleted to all, every connection detached, then Deleted."""
+    """deleteChatroom: roomDeleted deleted to all, every connection detached, the room deleted."""
     room = populated(("a1", "alice"), ("b1", "bob"), ("a2", "alice"))
     effects = room.handle("a1", m.DeleteChatroom(room_id=R), T0)
     deleted = {"type": "roomDeleted", "roomId": R, "reason": "deleted"}
     assert effects == [
-        Deliver(("a1", "a2", "b1"), deleted),
+        Send(("a1", "a2", "b1"), deleted),
         Detached("a1"),
         Detached("a2"),
         Detached("b1"),
-        Deleted("deleted"),
     ]
+    assert room.deleted == "deleted"
     assert room.is_empty and room.connections() == () and not room.members
 
 
@@ -368,7 +368,9 @@ def test_expiring_an_empty_room_only_deletes_it() -> None:
     """delete('expired') of an empty room has nobody to tell."""
     room = populated(("a1", "alice"))
     room.leave("a1", T0)
-    assert room.delete("expired") == [Deleted("expired")]
+    assert room.deleted is None
+    assert room.delete("expired") == []
+    assert room.deleted == "expired"
 
 
 # -- host rules ----------------------------------------------------------------
@@ -386,7 +388,7 @@ def test_when_the_host_goes_the_member_present_longest_becomes_host(how: str) ->
     effects = room.leave("a2", T0) if how == "leave" else room.disconnect("a2", how, T0)
     updated = {"type": "hostUpdated", "roomId": R, "host": "carol"}
     assert types(effects)[-3:] == [Detached("a2"), "userLeft", "hostUpdated"]
-    assert effects[-1] == Deliver(("c1", "d1", "b1"), updated)
+    assert effects[-1] == Send(("c1", "d1", "b1"), updated)
     assert room.host == "carol"
 
 
@@ -394,7 +396,7 @@ def test_transfer_host_tells_everyone() -> None:
     """transferHost to a present AID makes it host; every member gets hostUpdated."""
     room = populated(("a1", "alice"), ("b1", "bob"))
     effects = room.handle("a1", m.TransferHost(room_id=R, to="bob"), T0)
-    assert effects == [Deliver(("a1", "b1"), {"type": "hostUpdated", "roomId": R, "host": "bob"})]
+    assert effects == [Send(("a1", "b1"), {"type": "hostUpdated", "roomId": R, "host": "bob"})]
     assert room.host == "bob"
     refused(room, ErrorCode.FORBIDDEN, lambda: room.handle("a1", m.Kick(room_id=R, aid="bob"), T0))
     assert types(room.handle("b1", m.Kick(room_id=R, aid="alice"), T0))[0] == "leftChatroom"
@@ -521,7 +523,7 @@ def test_any_sequence_of_operations_keeps_the_room_consistent(
         detached = {e.conn for e in effects if isinstance(e, Detached)}
         assert set(room.connections()) == (inside | attached) - detached
         for e in effects:
-            if isinstance(e, Deliver):
+            if isinstance(e, Send):
                 assert set(e.to) <= inside | attached
         assert {c: room.aid_of(c) for c in room.connections()} == {
             c: mem.aid for mem in room.members.values() for c in mem.conns

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from roomd.admission import Admission, client_ip, parse_networks, request_path
+from roomd.core.admission import Admission, Rejection, client_ip, parse_networks, request_path
 
 ORIGIN = "https://chat.example"
+
+
+def status_of(rejection: Rejection | None) -> int | None:
+    """Return the HTTP status a rejection answers with (None: admitted)."""
+    return None if rejection is None else rejection.status
 
 
 def admission(
@@ -42,7 +47,7 @@ def test_handshake_checks_run_in_order(
     if full:
         policy.open_by_ip["1.2.3.4"] = 1
     before = dict(policy.open_by_ip)
-    assert policy.check(target, origin, "1.2.3.4") == status
+    assert status_of(policy.check(target, origin, "1.2.3.4")) == status
     if status is not None:
         assert policy.open_by_ip == before
 
@@ -58,7 +63,7 @@ def test_origins_are_compared_exactly() -> None:
     policy = admission(0, origins=(ORIGIN, "http://localhost:3000"))
     assert policy.check("/v1", "http://localhost:3000", "ip") is None
     for origin in ("http://chat.example", "https://CHAT.example", "http://localhost:3001"):
-        assert policy.check("/v1", origin, "ip") == 403
+        assert status_of(policy.check("/v1", origin, "ip")) == 403
 
 
 @pytest.mark.parametrize("limit", [1, 2, 5])
@@ -66,12 +71,12 @@ def test_per_ip_limit_admits_max_then_429_until_one_closes(limit: int) -> None:
     """`max_conns_per_ip` connections per IP; the next is 429; a release lets one more in."""
     policy = admission(limit)
     assert [policy.check("/v1", ORIGIN, "ip1") for _ in range(limit)] == [None] * limit
-    assert policy.check("/v1", ORIGIN, "ip1") == 429
+    assert status_of(policy.check("/v1", ORIGIN, "ip1")) == 429
     assert policy.check("/v1", ORIGIN, "ip2") is None
     assert policy.open_connections() == limit + 1
     policy.release("ip1")
     assert policy.check("/v1", ORIGIN, "ip1") is None
-    assert policy.check("/v1", ORIGIN, "ip1") == 429
+    assert status_of(policy.check("/v1", ORIGIN, "ip1")) == 429
 
 
 def test_zero_means_no_per_ip_limit() -> None:
