@@ -2,18 +2,27 @@
 
 Bytes are read until wsproto has a whole upgrade request; a malformed one is
 answered 400 (426 for a wrong WebSocket version) and a refused one with the
-status and body of its `Rejection` (roomd.core.admission decides which).
+status and body of its `Rejection` (roomd.core.admission decides which). An
+accepted one is answered 101 with the chosen subprotocol; from then on only
+wsproto's frame-level connection is kept.
 """
 
 from __future__ import annotations
 
+import logging
+
+import attrs
 import trio
-from wsproto import WSConnection
-from wsproto.events import RejectConnection, RejectData, Request
+import wsproto.connection
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, RejectConnection, RejectData, Request
 from wsproto.utilities import RemoteProtocolError
 
-from roomd.core.admission import Rejection
+from roomd.core.admission import Admission, Network, Rejection, client_ip
+from roomd.core.codec import JSON, Codec, choose_codec
 from roomd.core.stats import Stats
+
+log = logging.getLogger("roomd.handshake")
 
 RECEIVE_SIZE = 64 * 1024
 # How long a refusal may take to reach a client that does not read.
@@ -58,3 +67,58 @@ async def reject(
     reply += ws.send(RejectData(data=body))
     with trio.move_on_after(REJECT_TIMEOUT):
         await stream.send_all(reply)
+
+
+@attrs.frozen
+class Upgraded:
+    """An accepted upgrade: the client's IP (admitted), codec and WebSocket framing."""
+
+    ip: str
+    codec: Codec
+    ws: wsproto.connection.Connection
+
+
+async def upgrade(
+    stream: trio.abc.Stream,
+    conn_id: int,
+    peer: str,
+    *,
+    handshake_timeout: float,
+    admission: Admission,
+    trusted_proxies: tuple[Network, ...],
+    stats: Stats,
+) -> Upgraded | None:
+    """Read the upgrade request and answer it; None when it was refused or never came.
+
+    The request must be whole within `handshake_timeout` seconds. On a result the client's
+    IP is admitted: the caller must `admission.release` it when the connection
+    closes.
+    """
+    handshake = WSConnection(ConnectionType.SERVER)
+    request = None
+    with trio.move_on_after(handshake_timeout):
+        request = await read_request(stream, handshake, stats)
+    if request is None:
+        return None
+    forwarded = header_values(request, b"x-forwarded-for")
+    origin = next(iter(header_values(request, b"origin")), None)
+    ip = client_ip(peer, forwarded, trusted_proxies)
+    rejection = admission.check(request.target, origin, ip)
+    if rejection is not None:
+        log.info("conn %d rejected: HTTP %d ip=%s", conn_id, rejection.status, ip)
+        stats.handshakes_rejected[rejection] += 1
+        await reject(stream, handshake, rejection)
+        return None
+    try:
+        codec = choose_codec(request.subprotocols)
+        accept = AcceptConnection(subprotocol=codec.subprotocol if codec else None)
+        await stream.send_all(handshake.send(accept))
+    except BaseException:
+        admission.release(ip)
+        raise
+    log.info("conn %d open ip=%s codec=%s", conn_id, ip, (codec or JSON).subprotocol)
+    # Keep only the frame-level connection: the HTTP handshake state (h11, the
+    # request, its headers) would cost every idle connection memory.
+    established = handshake.handshake.connection
+    assert established is not None
+    return Upgraded(ip, codec or JSON, established)

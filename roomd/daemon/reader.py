@@ -29,12 +29,11 @@ from typing import Any
 import attrs
 import trio
 import wsproto.connection
-from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
-from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Ping, TextMessage
+from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
-from roomd.core.admission import Admission, Network, client_ip
-from roomd.core.codec import JSON, Codec, choose_codec
+from roomd.core.admission import Admission, Network
+from roomd.core.codec import Codec
 from roomd.core.connection import (
     Action,
     Authenticated,
@@ -49,7 +48,7 @@ from roomd.core.connection import (
 )
 from roomd.core.room import room_tag
 from roomd.core.stats import Stats
-from roomd.daemon.handshake import RECEIVE_SIZE, header_values, read_request, reject
+from roomd.daemon.handshake import RECEIVE_SIZE, upgrade
 from roomd.daemon.outbox import Flusher, socket_fd
 from roomd.daemon.registry import RoomHandle, RoomRegistry
 from roomd.daemon.room_loop import Act, Command, Disconnect, Join
@@ -86,38 +85,26 @@ class ConnectionContext:
 async def serve_connection(context: ConnectionContext, stream: trio.abc.Stream, peer: str) -> None:
     """Serve one client stream until it closes; never raises for the peer's misdeeds.
 
-    Resource handling: `stream` is closed on return.
+    Resource handling: `stream` is closed on return, and the client IP's
+    admission slot released.
     """
     conn_id = next(context.conn_ids)
-    ws = WSConnection(ConnectionType.SERVER)
     try:
-        request = None
-        with trio.move_on_after(context.handshake_timeout):
-            request = await read_request(stream, ws, context.stats)
-        if request is None:
-            return
-        forwarded = header_values(request, b"x-forwarded-for")
-        origin = next(iter(header_values(request, b"origin")), None)
-        ip = client_ip(peer, forwarded, context.trusted_proxies)
-        rejection = context.admission.check(request.target, origin, ip)
-        if rejection is not None:
-            log.info("conn %d rejected: HTTP %d ip=%s", conn_id, rejection.status, ip)
-            context.stats.handshakes_rejected[rejection] += 1
-            await reject(stream, ws, rejection)
+        upgraded = await upgrade(
+            stream,
+            conn_id,
+            peer,
+            handshake_timeout=context.handshake_timeout,
+            admission=context.admission,
+            trusted_proxies=context.trusted_proxies,
+            stats=context.stats,
+        )
+        if upgraded is None:
             return
         try:
-            codec = choose_codec(request.subprotocols)
-            accept = AcceptConnection(subprotocol=codec.subprotocol if codec else None)
-            await stream.send_all(ws.send(accept))
-            log.info("conn %d open ip=%s codec=%s", conn_id, ip, (codec or JSON).subprotocol)
-            # Keep only the frame-level connection: the HTTP handshake state (h11,
-            # the request, its headers) would cost every idle connection memory.
-            established = ws.handshake.connection
-            assert established is not None
-            del ws, request
-            await Reader(context, stream, established, conn_id).run(codec or JSON)
+            await Reader(context, stream, upgraded.ws, conn_id).run(upgraded.codec)
         finally:
-            context.admission.release(ip)
+            context.admission.release(upgraded.ip)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         log.debug("conn %d: transport broke", conn_id)
     finally:
