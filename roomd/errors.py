@@ -60,15 +60,12 @@ class ProtocolError(RoomdError):
         self.retry_after = retry_after
 
 
-# The HTTP status of each error code in the server API (SERVER_API.md).
+# The HTTP status of each error code the server API answers with (SERVER_API.md).
 HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.BAD_REQUEST: 400,
     ErrorCode.UNAUTHENTICATED: 401,
     ErrorCode.FORBIDDEN: 403,
     ErrorCode.NOT_FOUND: 404,
-    ErrorCode.NOT_MEMBER: 404,
-    ErrorCode.ROOM_FULL: 409,
-    ErrorCode.TOO_MANY_ROOMS: 409,
     ErrorCode.TOO_LARGE: 413,
     ErrorCode.RATE_LIMITED: 429,
     ErrorCode.INTERNAL: 500,
