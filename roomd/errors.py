@@ -50,7 +50,7 @@ class ProtocolError(RoomdError):
     """A client message broke a rule; answer it with `error {code, message}`.
 
     The connection stays open and no state changes: the shell replies with
-    `to_wire()` (plus the request `id` and `roomId` when known) and carries on.
+    `roomd.core.event.error(exc, id, roomId)` and carries on.
     """
 
     def __init__(self, code: ErrorCode, message: str, *, retry_after: float | None = None):

@@ -3,7 +3,7 @@
 This is where the layers meet. `Node.from_config` reads the data dir's secrets
 and opens the configured store; `Node.run` starts the daemon's `Server`, then
 serves the API on the `RoomControl` the server reports, so the daemon and the
-API never import each other.
+API never import each other, and closes the store once both are done.
 
     Node.run
     └── node nursery
@@ -79,9 +79,20 @@ class Node:
     ) -> None:
         """Serve until `shutdown()`; report where the node listens through `task_status`.
 
-        Resource handling: the server's listeners, connections, rooms and store,
-        and the API's sockets, are closed before this returns.
+        Resource handling: the server's listeners, connections and rooms, the
+        API's sockets, and last the room store, are closed before this returns.
         """
+        try:
+            await self._run(listeners, task_status)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.server.store.aclose()
+
+    async def _run(
+        self,
+        listeners: Sequence[trio.abc.Listener[trio.abc.Stream]] | None,
+        task_status: trio.TaskStatus[Bound],
+    ) -> None:
         server = self.server
         config = server.config
         async with trio.open_nursery() as nursery:

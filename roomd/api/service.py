@@ -40,7 +40,11 @@ class RoomService(Protocol):
         ...
 
     async def delete_room(self, room_id: str) -> None:
-        """Delete a room; its members get `roomDeleted deleted`. Returns once it is gone."""
+        """Delete a room; its members get `roomDeleted deleted`.
+
+        Returns once the room is gone, or after a bounded wait (5 s) if its loop
+        is slow to take the deletion.
+        """
         ...
 
     async def kick(self, room_id: str, aid: str) -> None:

@@ -8,7 +8,7 @@ owns one `Connection` per accepted WebSocket and feeds it what happened:
 
 - `frame_part(size, finished=...)` for every piece of a client data frame, so
   an oversized frame is refused before it is whole;
-- `receive_frame(payload, now, wall_ms, rooms)` for every complete frame;
+- `receive_frame(payload, now, wall_ms, live_rooms)` for every complete frame;
 - `heard(now)` whenever bytes arrived, and `wake(now)` when the shell's wait
   for bytes reached `next_deadline()`;
 - `room_created`, `room_gone` when a room the connection addressed answered
@@ -17,8 +17,8 @@ owns one `Connection` per accepted WebSocket and feeds it what happened:
 
 Each input returns what the shell must do, in order, as actions: `Reply(event)`
 (encode and send to this client), `Authenticated(aid, reply)` (log it, send
-`reply`), `SendPing()`, `Close(code)` (close with `code`: call `close(code)` and stop
-reading),
+`reply`), `SendPing()`, `Close(code)` (close with `code`: the shell's session calls
+`close(code)`, and the reader stops),
 `CreateRoom(...)` (create a room, then call `room_created`), `JoinRoom(...)`
 and `ToRoom(...)` (hand it to that room's loop; if the room is gone, call
 `room_gone`).
@@ -99,10 +99,11 @@ class Reply:
 
 @attrs.frozen
 class Authenticated:
-    """The connection is (still) `aid`: send `reply` (`authOk`)."""
+    """The connection is (still) `aid`: send `reply` (`authOk`); `renewed` on a re-auth."""
 
     aid: str
     reply: Event
+    renewed: bool = False
 
 
 @attrs.frozen
@@ -112,7 +113,7 @@ class SendPing:
 
 @attrs.frozen
 class Close:
-    """Close the connection with `code`: the shell calls `Connection.close(code)` and stops."""
+    """Close the connection with `code`: the shell closes its session (which calls `close`)."""
 
     code: CloseCode
 
@@ -161,7 +162,7 @@ class Connection:
     aid: str | None = None
     close_code: int | None = None
     # Rooms this connection is in (set by the room loops).
-    rooms: set[str] = attrs.field(factory=set)
+    joined: set[str] = attrs.field(factory=set)
     # Joins handed to a room and not yet applied there, per room (a multiset: a
     # client may pipeline join, leave, join).
     joining: Counter[str] = attrs.field(factory=Counter)
@@ -186,7 +187,7 @@ class Connection:
     @property
     def member_of(self) -> set[str]:
         """Rooms this connection is in or has asked to join."""
-        return self.rooms | self.joining.keys()
+        return self.joined | self.joining.keys()
 
     @property
     def leave_reason(self) -> str:
@@ -222,12 +223,12 @@ class Connection:
         return None
 
     def receive_frame(
-        self, payload: str | bytes, now: float, wall_ms: int, rooms: Container[str]
+        self, payload: str | bytes, now: float, wall_ms: int, live_rooms: Container[str]
     ) -> list[Action]:
         """Apply one complete client frame at `now`; return what the shell must do.
 
-        `wall_ms` is the wall clock (token times are Unix seconds), `rooms` the
-        ids of the rooms that exist. A refused frame is answered with `error`
+        `wall_ms` is the wall clock (token times are Unix seconds), `live_rooms`
+        the ids of the rooms that exist. A refused frame is answered with `error`
         and changes nothing else.
         """
         if self.phase is Phase.CLOSING:
@@ -245,7 +246,7 @@ class Connection:
         except ProtocolError as exc:
             return [Reply(ev.error(exc, *m.peek_context(fields)))]
         try:
-            return [self._dispatch(msg, now, wall_ms, rooms)]
+            return [self._dispatch(msg, now, wall_ms, live_rooms)]
         except ProtocolError as exc:
             return [Reply(ev.error(exc, msg.id, getattr(msg, "room_id", None)))]
 
@@ -263,7 +264,9 @@ class Connection:
         # Decoded only for its `id` and `roomId`: this happens once per run of refusals.
         return [Reply(ev.error(error, *m.peek_context(_try_decode(payload))))]
 
-    def _dispatch(self, msg: m.Message, now: float, wall_ms: int, rooms: Container[str]) -> Action:
+    def _dispatch(
+        self, msg: m.Message, now: float, wall_ms: int, live_rooms: Container[str]
+    ) -> Action:
         if isinstance(msg, m.Auth):
             return self._auth(msg, now, wall_ms / 1000)
         aid = self.aid
@@ -272,16 +275,16 @@ class Connection:
             self._check_room_quota()
             return CreateRoom(aid, msg.encrypted_room_key, msg.public_key, msg.id)
         if isinstance(msg, m.JoinChatroom):
-            if msg.room_id not in rooms:
+            if msg.room_id not in live_rooms:
                 raise ProtocolError(ErrorCode.NOT_FOUND, f"no room '{msg.room_id}'")
             if msg.room_id not in self.member_of:
                 self._check_room_quota()
             return self._join(msg.room_id, aid, msg.public_key, msg.id)
         if isinstance(msg, m.RoomMessage):
-            if msg.room_id not in rooms or msg.room_id not in self.member_of:
+            if msg.room_id not in live_rooms or msg.room_id not in self.member_of:
                 raise ProtocolError(ErrorCode.NOT_MEMBER, f"not a member of room '{msg.room_id}'")
             return ToRoom(msg.room_id, msg)
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"{msg.TYPE} is not handled")
+        raise AssertionError(f"no rule for {msg.TYPE}")  # every message type is handled above
 
     def _auth(self, msg: m.Auth, now: float, wall: float) -> Authenticated:
         identity = verify_token(self.token_secret, msg.token, now=wall)
@@ -290,14 +293,16 @@ class Connection:
                 ErrorCode.FORBIDDEN, f"this connection is already authenticated as '{self.aid}'"
             )
         token_deadline = now + (identity.expires_at - wall)
-        if self.aid is None:
-            self.aid = identity.aid
-            self.phase = Phase.AUTHENTICATED
-        else:
+        renewed = self.aid is not None
+        if renewed:
             # A fresh token extends the session; an older one never shortens it.
             token_deadline = max(token_deadline, self.deadlines.token_deadline)
+        else:
+            self.aid = identity.aid
+            self.phase = Phase.AUTHENTICATED
         self.deadlines.authenticated(token_deadline)
-        return Authenticated(identity.aid, ev.auth_ok(identity.aid, identity.expires_at, msg.id))
+        reply = ev.auth_ok(identity.aid, identity.expires_at, msg.id)
+        return Authenticated(identity.aid, reply, renewed)
 
     def _check_room_quota(self) -> None:
         limit = self.limits.max_rooms_per_conn
@@ -353,11 +358,11 @@ class Connection:
 
     def attached(self, room_id: str) -> None:
         """Record that this connection is now a member of `room_id`."""
-        self.rooms.add(room_id)
+        self.joined.add(room_id)
 
     def detached(self, room_id: str) -> None:
         """Record that this connection is no longer a member of `room_id`."""
-        self.rooms.discard(room_id)
+        self.joined.discard(room_id)
 
     # -- closing ---------------------------------------------------------------
 
@@ -368,6 +373,15 @@ class Connection:
         self.phase = Phase.CLOSING
         self.close_code = code
         return True
+
+    @staticmethod
+    def flushes_queue(code: int) -> bool:
+        """Return whether a close with `code` lets frames already queued go out first.
+
+        A clean close (roomd's on shutdown, or the peer's 1000/1001) does; a close
+        for cause drops them: they are not worth the wait.
+        """
+        return code in (CloseCode.NORMAL, CloseCode.GOING_AWAY)
 
     def close_code_after_read(self, peer_code: int | None, *, peer_spoke_first: bool) -> int:
         """Return the code to close with now that the reader stopped.

@@ -149,6 +149,8 @@ class RoomMessage(Message):
 
 @attrs.frozen(kw_only=True)
 class Auth(Message):
+    """`auth`: prove an AID with a token."""
+
     TYPE = "auth"
     FIELDS = (("token", "token", _chars(1, MAX_TOKEN), True),)
     token: str
@@ -156,6 +158,8 @@ class Auth(Message):
 
 @attrs.frozen(kw_only=True)
 class CreateChatroom(Message):
+    """`createChatroom`: create a room and join it as host."""
+
     TYPE = "createChatroom"
     FIELDS = (
         ("encryptedRoomKey", "encrypted_room_key", _blob(MAX_ROOM_KEY), False),
@@ -167,6 +171,8 @@ class CreateChatroom(Message):
 
 @attrs.frozen(kw_only=True)
 class JoinChatroom(RoomMessage):
+    """`joinChatroom`: join a room."""
+
     TYPE = "joinChatroom"
     FIELDS = (
         ("roomId", "room_id", _ROOM, True),
@@ -177,6 +183,8 @@ class JoinChatroom(RoomMessage):
 
 @attrs.frozen(kw_only=True)
 class SendMessage(RoomMessage):
+    """`message`: relay ciphertext to every member, with the next `seq`."""
+
     TYPE = "message"
     FIELDS = (
         ("roomId", "room_id", _ROOM, True),
@@ -191,6 +199,8 @@ class SendMessage(RoomMessage):
 
 @attrs.frozen(kw_only=True)
 class Typing(RoomMessage):
+    """`typing`: tell the others whether this AID is typing."""
+
     TYPE = "typing"
     FIELDS = (("roomId", "room_id", _ROOM, True), ("isTyping", "is_typing", _BOOL, True))
     is_typing: bool
@@ -198,6 +208,8 @@ class Typing(RoomMessage):
 
 @attrs.frozen(kw_only=True)
 class Reaction(RoomMessage):
+    """`reaction`: add (or remove) an emoji on a message."""
+
     TYPE = "reaction"
     FIELDS = (
         ("roomId", "room_id", _ROOM, True),
@@ -212,6 +224,8 @@ class Reaction(RoomMessage):
 
 @attrs.frozen(kw_only=True)
 class Signal(RoomMessage):
+    """`signal`: a key-exchange payload for the connections of one AID."""
+
     TYPE = "signal"
     FIELDS = (
         ("roomId", "room_id", _ROOM, True),
@@ -224,12 +238,16 @@ class Signal(RoomMessage):
 
 @attrs.frozen(kw_only=True)
 class LeaveChatroom(RoomMessage):
+    """`leaveChatroom`: leave a room."""
+
     TYPE = "leaveChatroom"
     FIELDS = (("roomId", "room_id", _ROOM, True),)
 
 
 @attrs.frozen(kw_only=True)
 class UpdateRoomKey(RoomMessage):
+    """`updateRoomKey` (host only): replace the encrypted room key."""
+
     TYPE = "updateRoomKey"
     FIELDS = (
         ("roomId", "room_id", _ROOM, True),
@@ -240,6 +258,8 @@ class UpdateRoomKey(RoomMessage):
 
 @attrs.frozen(kw_only=True)
 class TransferHost(RoomMessage):
+    """`transferHost` (host only): make another present AID host."""
+
     TYPE = "transferHost"
     FIELDS = (("roomId", "room_id", _ROOM, True), ("to", "to", _AID, True))
     to: str
@@ -247,6 +267,8 @@ class TransferHost(RoomMessage):
 
 @attrs.frozen(kw_only=True)
 class Kick(RoomMessage):
+    """`kick` (host only): remove every connection of an AID."""
+
     TYPE = "kick"
     FIELDS = (("roomId", "room_id", _ROOM, True), ("aid", "aid", _AID, True))
     aid: str
@@ -254,6 +276,8 @@ class Kick(RoomMessage):
 
 @attrs.frozen(kw_only=True)
 class DeleteChatroom(RoomMessage):
+    """`deleteChatroom` (host only): delete the room."""
+
     TYPE = "deleteChatroom"
     FIELDS = (("roomId", "room_id", _ROOM, True),)
 

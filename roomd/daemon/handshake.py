@@ -36,35 +36,41 @@ def header_values(request: Request, name: bytes) -> list[str]:
     ]
 
 
-async def read_request(stream: trio.abc.Stream, ws: WSConnection, stats: Stats) -> Request | None:
+async def read_request(
+    stream: trio.abc.Stream, handshake: WSConnection, stats: Stats
+) -> Request | None:
     """Return the upgrade request, or None after answering a bad one (counted) or at EOF."""
     while True:
         data = await stream.receive_some(RECEIVE_SIZE)
         if not data:
             return None
         try:
-            ws.receive_data(bytes(data))
-            for event in ws.events():
+            handshake.receive_data(bytes(data))
+            for event in handshake.events():
                 if isinstance(event, Request):
                     return event
         except RemoteProtocolError as exc:
             stats.handshakes_rejected[Rejection.BAD_REQUEST] += 1
             hint = exc.event_hint
             status = hint.status_code if isinstance(hint, RejectConnection) else 400
-            await reject(stream, ws, Rejection.BAD_REQUEST, status=status)
+            await reject(stream, handshake, Rejection.BAD_REQUEST, status=status)
             return None
 
 
 async def reject(
-    stream: trio.abc.Stream, ws: WSConnection, rejection: Rejection, *, status: int | None = None
+    stream: trio.abc.Stream,
+    handshake: WSConnection,
+    rejection: Rejection,
+    *,
+    status: int | None = None,
 ) -> None:
     """Answer the upgrade with `rejection` (its status, or `status`) and a plain-text body."""
     body = rejection.body
     headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]
-    reply = ws.send(
+    reply = handshake.send(
         RejectConnection(status_code=status or rejection.status, headers=headers, has_body=True)
     )
-    reply += ws.send(RejectData(data=body))
+    reply += handshake.send(RejectData(data=body))
     with trio.move_on_after(REJECT_TIMEOUT):
         await stream.send_all(reply)
 

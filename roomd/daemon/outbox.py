@@ -82,10 +82,14 @@ class Recipient(Protocol):
     """What `fan_out` needs of a connection: its codec and its outbox."""
 
     @property
-    def codec(self) -> Codec: ...
+    def codec(self) -> Codec:
+        """The codec the connection negotiated."""
+        ...
 
     @property
-    def outbox(self) -> Outbox: ...
+    def outbox(self) -> Outbox:
+        """Where the connection's frames queue."""
+        ...
 
 
 def fan_out(recipients: Iterable[Recipient], event: Event) -> None:

@@ -77,7 +77,7 @@ class ConnectionContext:
     flusher: Flusher
     # Where connection tasks and their outboxes' writers run.
     nursery: trio.Nursery
-    rooms: RoomRegistry
+    registry: RoomRegistry
     sessions: Sessions
     conn_ids: itertools.count[int]
 
@@ -125,12 +125,12 @@ class Reader:
     async def run(self, codec: Codec) -> None:
         """Serve the accepted connection until it closes, then leave every room."""
         context = self.context
-        state = Connection.start(
+        connection = Connection.start(
             context.limits, context.token_secret, context.stats, trio.current_time()
         )
         session = Session.open(
             self.conn_id,
-            state,
+            connection,
             codec,
             self.stream,
             flusher=context.flusher,
@@ -145,7 +145,9 @@ class Reader:
                 await self._read(session)
             answering_peer = self.ws.state is ConnectionState.REMOTE_CLOSING
             peer_code = None if self.peer_close is None else self.peer_close.code
-            session.close(state.close_code_after_read(peer_code, peer_spoke_first=answering_peer))
+            session.close(
+                connection.close_code_after_read(peer_code, peer_spoke_first=answering_peer)
+            )
             with trio.move_on_after(context.close_timeout):
                 await outbox.wait_idle()
             if not outbox.is_idle:
@@ -204,9 +206,9 @@ class Reader:
         Each room gets its own bounded wait, and only when its inbox is full, so
         one busy room cannot keep the others holding a dead member.
         """
-        reason = session.state.leave_reason
-        for room_id in session.state.member_of:
-            handle = self.context.rooms.get(room_id)
+        reason = session.connection.leave_reason
+        for room_id in session.connection.member_of:
+            handle = self.context.registry.get(room_id)
             if handle is None:
                 continue
             command = Disconnect(session, reason)
@@ -226,8 +228,8 @@ class Reader:
     # -- reader ----------------------------------------------------------------
 
     async def _read(self, session: Session) -> None:
-        state = session.state
-        rooms = self.context.rooms.rooms
+        connection = session.connection
+        live_rooms = self.context.registry.rooms
         wall_ms = self.context.wall_ms
         # On a plain TCP socket, wait for readability and read the descriptor directly:
         # the same system call as receive_some, without the three coroutine frames that
@@ -235,7 +237,7 @@ class Reader:
         fd = socket_fd(self.stream)
         data: bytes | bytearray = b""
         while True:
-            with trio.move_on_at(state.next_deadline()) as wakeup_scope:
+            with trio.move_on_at(connection.next_deadline()) as wakeup_scope:
                 try:
                     if fd >= 0:
                         await trio.lowlevel.wait_readable(fd)
@@ -248,15 +250,15 @@ class Reader:
                     return  # reset by the peer: the same as EOF for us
             now = trio.current_time()
             if wakeup_scope.cancelled_caught:
-                due = state.wake(now)
+                due = connection.wake(now)
                 if due is not None:
                     await self._carry_out(session, due)
-                if state.close_code is not None:
+                if connection.close_code is not None:
                     return
                 continue
             if not data:
                 return
-            state.heard(now)
+            connection.heard(now)
             self.ws.receive_data(bytes(data))
             for event in self.ws.events():
                 if isinstance(event, TextMessage | BytesMessage):
@@ -264,20 +266,24 @@ class Reader:
                     self._parts.append(part)
                     # max_frame is bytes; wsproto hands text frames over decoded.
                     size = len(part.encode()) if isinstance(part, str) else len(part)
-                    too_big = state.frame_part(size, finished=event.message_finished)
+                    too_big = connection.frame_part(size, finished=event.message_finished)
                     if too_big is not None:
                         await self._carry_out(session, too_big)
                         return
                     if event.message_finished:
                         payload = self._take_payload()
-                        for action in state.receive_frame(payload, now, wall_ms(), rooms):
+                        # The clock read per frame: handing one to a room may have waited.
+                        actions = connection.receive_frame(
+                            payload, trio.current_time(), wall_ms(), live_rooms
+                        )
+                        for action in actions:
                             await self._carry_out(session, action)
                 elif isinstance(event, Ping):
                     session.outbox.put(self.ws.send(event.response()))
                 elif isinstance(event, CloseConnection):
                     self.peer_close = event
                     return
-            if state.close_code is not None:
+            if connection.close_code is not None:
                 return
 
     def _take_payload(self) -> str | bytes:
@@ -301,13 +307,14 @@ class Reader:
             case JoinRoom(_, aid, public_key, request_id):
                 await self._to_room(session, action, Join(session, aid, public_key, request_id))
             case CreateRoom(aid, encrypted_room_key, _, _):
-                handle = await self.context.rooms.create(
+                handle = await self.context.registry.create(
                     host=aid, encrypted_room_key=encrypted_room_key
                 )
                 created = None if handle is None else handle.room_id
-                await self._carry_out(session, session.state.room_created(action, created))
-            case Authenticated(aid, reply):
-                log.info("conn %d auth aid=%s", self.conn_id, aid)
+                await self._carry_out(session, session.connection.room_created(action, created))
+            case Authenticated(aid, reply, renewed):
+                if not renewed:
+                    log.info("conn %d auth aid=%s", self.conn_id, aid)
                 session.send(reply)
             case SendPing():
                 session.outbox.put(self.ws.send(Ping(b"")))
@@ -315,7 +322,7 @@ class Reader:
                 session.close(code)
 
     async def _to_room(self, session: Session, action: JoinRoom | ToRoom, command: Command) -> None:
-        handle: RoomHandle | None = self.context.rooms.get(action.room_id)
+        handle: RoomHandle | None = self.context.registry.get(action.room_id)
         try:
             if handle is None:
                 raise trio.BrokenResourceError
@@ -327,4 +334,4 @@ class Reader:
             except trio.WouldBlock:
                 await handle.inbox_send.send(command)
         except trio.BrokenResourceError:
-            await self._carry_out(session, session.state.room_gone(action))
+            await self._carry_out(session, session.connection.room_gone(action))

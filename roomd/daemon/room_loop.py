@@ -118,7 +118,7 @@ class RoomLoop:
         try:
             match command:
                 case Join(session, aid, public_key, request_id):
-                    if not session.state.join_arrived(room.room_id):
+                    if not session.connection.join_arrived(room.room_id):
                         return
                     effects = room.join(session, aid, public_key, now, request_id)
                 case Act(session, msg):
@@ -166,10 +166,10 @@ class RoomLoop:
                     self.stats.deliveries_out += len(to)
                 case Attached(session):
                     assert isinstance(session, Session)
-                    session.state.attached(room_id)
+                    session.connection.attached(room_id)
                 case Detached(session):
                     assert isinstance(session, Session)
-                    session.state.detached(room_id)
+                    session.connection.detached(room_id)
 
     def answer_leftovers(self, inbox_recv: trio.MemoryReceiveChannel[Command]) -> None:
         """Answer commands still queued when the room ended, as if it never existed."""
@@ -180,6 +180,6 @@ class RoomLoop:
             except trio.WouldBlock:
                 return
             if isinstance(command, Join):
-                command.session.state.join_settled(room_id)
+                command.session.connection.join_settled(room_id)
             code = ErrorCode.NOT_FOUND if isinstance(command, Join) else ErrorCode.NOT_MEMBER
             self.refuse(command, ProtocolError(code, f"room '{room_id}' is gone"))

@@ -128,17 +128,14 @@ class Server:
         connection is accepted.
 
         Resource handling: the listeners (opened from the config when not given),
-        every connection and room, and the store are closed before this returns.
+        every connection and room are closed before this returns; the store is
+        its opener's to close (rooms have saved their last `seq` into it).
         """
         if listeners is None:
             listeners = await self.open_listeners()
-        try:
-            async with trio.open_nursery() as server_nursery:
-                await self._serve(server_nursery, listeners, task_status)
-                server_nursery.cancel_scope.cancel()
-        finally:
-            with trio.CancelScope(shield=True):
-                await self.store.aclose()
+        async with trio.open_nursery() as server_nursery:
+            await self._serve(server_nursery, listeners, task_status)
+            server_nursery.cancel_scope.cancel()
 
     async def _serve(
         self,
@@ -170,7 +167,7 @@ class Server:
                     stats=self.stats,
                     flusher=flusher,
                     nursery=connections,
-                    rooms=registry,
+                    registry=registry,
                     sessions=sessions,
                     conn_ids=itertools.count(1),
                 )

@@ -1,11 +1,11 @@
 """One connection as the rest of roomd sees it, and the set of open ones.
 
 A `Session` is created when a handshake is accepted and lives until the
-connection's task ends. It pairs the connection's rules (`state`, the core
+connection's task ends. It pairs the connection's rules (`connection`, the core
 `Connection`) with how to reach it: its codec and its outbox, which never
 blocks (a full outbound queue closes the session with 4003 rather than making
 a room wait). Who touches what: the connection's reader feeds `state`; the room
-loops call `state.join_arrived`, `state.attached` and `state.detached` and put
+loops call `connection.join_arrived`, `.attached` and `.detached` and put
 frames into `outbox`; whoever closes first sets the close code (`close`).
 """
 
@@ -44,7 +44,7 @@ class Session:
     """The state of one accepted connection that other tasks may touch."""
 
     conn_id: int
-    state: Connection
+    connection: Connection
     codec: Codec
     outbox: Outbox
     # The scope of the connection's reader: `close` cancels it.
@@ -54,7 +54,7 @@ class Session:
     def open(
         cls,
         conn_id: int,
-        state: Connection,
+        connection: Connection,
         codec: Codec,
         stream: trio.abc.Stream,
         *,
@@ -68,18 +68,18 @@ class Session:
             session.close(code)
 
         outbox = Outbox.for_stream(stream, flusher, nursery, limit=send_queue, on_close=on_close)
-        session = cls(conn_id, state, codec, outbox, trio.CancelScope())
+        session = cls(conn_id, connection, codec, outbox, trio.CancelScope())
         return session
 
     @property
     def aid(self) -> str | None:
         """The AID this connection authenticated as, or None before auth."""
-        return self.state.aid
+        return self.connection.aid
 
     @property
     def close_code(self) -> int | None:
         """The code this connection closes with, once it is closing."""
-        return self.state.close_code
+        return self.connection.close_code
 
     def send(self, event: Event) -> None:
         """Encode `event` for this session alone and queue it; never blocks."""
@@ -91,13 +91,11 @@ class Session:
         After this, nothing more is queued; the outbox finishes (or drops) what
         it holds, the connection task sends the close frame and leaves every room.
         """
-        if not self.state.close(code):
+        if not self.connection.close(code):
             return
         if code in _FOR_CAUSE:
             log.info("conn %d closing: %s", self.conn_id, CloseCode(code).name.lower())
-        # A clean close (ours on shutdown, or the peer's 1000/1001) lets queued frames
-        # go out first; a close for cause drops them: they are not worth the wait.
-        self.outbox.stop(drain=code in (CloseCode.NORMAL, CloseCode.GOING_AWAY))
+        self.outbox.stop(drain=Connection.flushes_queue(code))
         self.reader_scope.cancel()
 
 

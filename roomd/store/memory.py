@@ -15,10 +15,12 @@ class MemoryRoomStore:
     records: dict[str, RoomRecord] = attrs.field(factory=dict)
 
     async def load(self) -> list[RoomRecord]:
+        """Return every stored room."""
         await trio.lowlevel.checkpoint()
         return list(self.records.values())
 
     async def insert(self, record: RoomRecord) -> bool:
+        """Store a new room; return False (storing nothing) when its id exists."""
         await trio.lowlevel.checkpoint()
         if record.room_id in self.records:
             return False
@@ -26,12 +28,15 @@ class MemoryRoomStore:
         return True
 
     async def save(self, record: RoomRecord) -> None:
+        """Overwrite the stored fields of a room; durable on return."""
         await trio.lowlevel.checkpoint()
         self.records[record.room_id] = record
 
     async def delete(self, room_id: str) -> None:
+        """Forget a room (no error when it is unknown)."""
         await trio.lowlevel.checkpoint()
         self.records.pop(room_id, None)
 
     async def aclose(self) -> None:
+        """Release the store's resources."""
         await trio.lowlevel.checkpoint()

@@ -55,6 +55,7 @@ class SqliteRoomStore:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
 
     async def load(self) -> list[RoomRecord]:
+        """Return every stored room."""
         rows = await self._run(self._select_all)
         return [RoomRecord(*row) for row in rows]
 
@@ -62,6 +63,7 @@ class SqliteRoomStore:
         return self._db.execute(f"SELECT {_COLUMNS} FROM rooms").fetchall()
 
     async def insert(self, record: RoomRecord) -> bool:
+        """Store a new room; return False (storing nothing) when its id exists."""
         return await self._run(self._insert, record)
 
     def _insert(self, record: RoomRecord) -> bool:
@@ -72,6 +74,7 @@ class SqliteRoomStore:
         return cursor.rowcount == 1
 
     async def save(self, record: RoomRecord) -> None:
+        """Overwrite the stored fields of a room; durable on return."""
         await self._run(self._save, record)
 
     def _save(self, record: RoomRecord) -> None:
@@ -81,10 +84,12 @@ class SqliteRoomStore:
         )
 
     async def delete(self, room_id: str) -> None:
+        """Forget a room (no error when it is unknown)."""
         await self._run(self._delete, room_id)
 
     def _delete(self, room_id: str) -> None:
         self._db.execute("DELETE FROM rooms WHERE room_id = ?", (room_id,))
 
     async def aclose(self) -> None:
+        """Release the store's resources."""
         await self._run(self._db.close)

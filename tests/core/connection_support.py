@@ -128,7 +128,7 @@ def snapshot(conn: Connection) -> tuple[object, ...]:
         conn.phase,
         conn.aid,
         conn.close_code,
-        frozenset(conn.rooms),
+        frozenset(conn.joined),
         dict(conn.joining),
         attrs.astuple(conn.deadlines),
     )

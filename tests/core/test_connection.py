@@ -283,11 +283,11 @@ def test_reauth_as_the_same_aid_moves_the_token_deadline_to_the_later_expiry(
 
 
 def test_a_reauth_answers_auth_ok_with_the_fresh_token_s_expiry() -> None:
-    """The authOk of a re-auth names the AID, the new token's expiresAt and echoes the id."""
+    """A re-auth's authOk names the AID, the new expiresAt, echoes the id; it is a renewal."""
     conn = authed(ttl=30)
     actions = send(conn, auth(ttl=3600, now=20.0, id=9), now=20.0)
     reply = {"type": "authOk", "aid": "alice", "expiresAt": int(WALL) + 20 + 3600, "id": 9}
-    assert actions == [Authenticated("alice", reply)]
+    assert actions == [Authenticated("alice", reply, renewed=True)]
 
 
 def test_reauth_as_another_aid_is_forbidden_and_changes_nothing() -> None:
@@ -465,3 +465,12 @@ def test_an_authenticated_connection_answers_any_frame_with_one_action(
         assert snapshot(conn) == before
     else:
         assert isinstance(action, ToRoom | CreateRoom | JoinRoom)
+
+
+@pytest.mark.parametrize(
+    ("code", "flushes"),
+    [(1000, True), (1001, True), (1006, False), (1009, False), (4002, False), (4003, False)],
+)
+def test_only_a_clean_close_lets_queued_frames_go_out(code: int, flushes: bool) -> None:
+    """Frames already queued are flushed on 1000/1001 and dropped on a close for cause."""
+    assert Connection.flushes_queue(code) is flushes

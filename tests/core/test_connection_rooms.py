@@ -171,7 +171,7 @@ def test_joining_an_existing_room_asks_that_room_and_counts_the_join(cbor: bool)
     fields = {"type": "joinChatroom", "roomId": R, "publicKey": public_key, "id": 3}
     assert send(conn, fields, cbor=cbor) == [JoinRoom(R, "alice", b"PK", 3)]
     assert conn.joining == Counter({R: 1})
-    assert conn.rooms == set()
+    assert conn.joined == set()
     assert conn.member_of == {R}
 
 
@@ -320,4 +320,4 @@ def test_pipelined_joins_and_leaves_count_as_a_multiset(pipeline: list[str]) -> 
         else:
             conn.detached(R)
     assert conn.joining == Counter()
-    assert conn.rooms == ({R} if pipeline[-1] == "join" else set())
+    assert conn.joined == ({R} if pipeline[-1] == "join" else set())
