@@ -24,10 +24,12 @@ class Config:
     port: int = 8765
     data_dir: Path = Path("roomd-data")
     max_conns_per_ip: int = 5
+    max_connections: int = 0
     trusted_proxies: tuple[Network, ...] = ()
     allowed_origins: frozenset[str] = frozenset()
     rate: float = 10.0
     burst: float = 30.0
+    handshake_timeout: float = 5.0
     auth_timeout: float = 10.0
     heartbeat_interval: float = 25.0
     heartbeat_timeout: float = 60.0
@@ -71,8 +73,10 @@ SETTINGS: tuple[tuple[str, type, str], ...] = (
     ("port", int, "WebSocket port (0 = a free port)"),
     ("data_dir", Path, "directory for the token secret and the room store"),
     ("max_conns_per_ip", int, "open connections per client IP (0 = no limit)"),
+    ("max_connections", int, "open WebSocket connections on this server (0 = no limit)"),
     ("rate", float, "messages per second a connection's bucket drains"),
     ("burst", float, "size of a connection's leaky bucket"),
+    ("handshake_timeout", float, "seconds a new TCP connection has for its whole upgrade request"),
     ("auth_timeout", float, "seconds a new connection has to authenticate"),
     ("heartbeat_interval", float, "seconds between server pings"),
     ("heartbeat_timeout", float, "seconds of silence before close 4002"),
@@ -166,7 +170,14 @@ def _list(flags: Sequence[str] | None, variable: str | None) -> list[str]:
 
 def validate(config: Config) -> None:
     """Raise `ConfigError` naming the first setting that is out of range."""
-    positive = ("rate", "burst", "auth_timeout", "heartbeat_interval", "heartbeat_timeout")
+    positive = (
+        "rate",
+        "burst",
+        "handshake_timeout",
+        "auth_timeout",
+        "heartbeat_interval",
+        "heartbeat_timeout",
+    )
     for name in (*positive, "room_ttl", "max_members", "max_rooms_per_conn", "send_queue"):
         if not getattr(config, name) > 0:  # written so that nan is refused too
             raise ConfigError(f"--{name.replace('_', '-')} must be positive")
@@ -174,6 +185,8 @@ def validate(config: Config) -> None:
         raise ConfigError("--max-frame must be at least 1024 bytes")
     if config.max_conns_per_ip < 0:
         raise ConfigError("--max-conns-per-ip must be 0 (no limit) or positive")
+    if config.max_connections < 0:
+        raise ConfigError("--max-connections must be 0 (no limit) or positive")
     if not 0 <= config.port <= 65535:
         raise ConfigError("--port must be within 0..65535")
     if not 0 <= config.api_port <= 65535:

@@ -252,6 +252,7 @@ class WsClient(BlockingClient):
         url: str,
         subprotocol: str = JSON,
         ssl_context: ssl.SSLContext | None = None,
+        source_address: tuple[str, int] | None = None,
     ) -> None:
         self.subprotocol = subprotocol
         # `with connect(...)` is the form every websockets release accepts without warnings.
@@ -263,6 +264,8 @@ class WsClient(BlockingClient):
                 ssl=ssl_context,
                 open_timeout=RECV_TIMEOUT,
                 close_timeout=2,
+                # websockets passes it to socket.create_connection: the client's own address.
+                source_address=source_address,
             )
         )
 

@@ -1,10 +1,12 @@
 """Handshake admission: which WebSocket upgrades roomd accepts, and why not.
 
-`Admission.check` applies PROTOCOL.md section 2 in order (path 404, draining 503,
-origin 403, per-IP 429) and returns the `Rejection` to answer with, or None. A
-caller that is admitted must call `release(ip)` exactly once when the connection
-closes. The client IP is the TCP peer, or the nearest `X-Forwarded-For` hop that
-is not a trusted proxy when the peer itself is a trusted proxy.
+`Admission.accept` counts a TCP connection against its IP from the moment it is
+accepted; `Admission.check` applies PROTOCOL.md section 2 in order (path 404,
+draining 503, origin 403, per-IP 429, connection limit 503) and returns the
+`Rejection` to answer with, or None. Every slot `accept` gave must be
+`release`d when its connection closes. The client IP is the TCP peer, or the
+nearest `X-Forwarded-For` hop that is not a trusted proxy when the peer itself
+is a trusted proxy.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class Rejection(enum.Enum):
     PATH = (404, "path", b"no such endpoint; use /v1\n")
     PER_IP_LIMIT = (429, "per_ip_limit", b"too many connections from this address\n")
     DRAINING = (503, "draining", b"server is shutting down\n")
+    FULL = (503, "max_connections", b"server is at its connection limit\n")
 
     def __init__(self, status: int, label: str, body: bytes) -> None:
         self.status = status
@@ -72,19 +75,54 @@ def request_path(target: str) -> str:
     return target.split("?", 1)[0]
 
 
+@attrs.define(eq=False, slots=True)
+class Slot:
+    """One TCP connection's place in the admission counts, from accept to close."""
+
+    # The IP this connection counts against, once counted.
+    ip: str | None = None
+    # The handshake was accepted: it counts toward `max_connections`.
+    upgraded: bool = False
+
+
 @attrs.define
 class Admission:
-    """Counts open connections per client IP and decides each handshake."""
+    """Counts connections per client IP from TCP accept, and decides each handshake.
+
+    A connection counts against its IP from the moment it is accepted (`accept`)
+    until it closes (`release`), while its handshake is still under way, so
+    stalled handshakes cannot pile up past `max_conns_per_ip`. A peer that is a
+    trusted proxy holds no slot of its own: the connection counts against its
+    forwarded client IP once the request headers are read (`check`).
+    """
 
     max_conns_per_ip: int
     allowed_origins: frozenset[str] = frozenset()
+    trusted_proxies: tuple[Network, ...] = ()
+    max_connections: int = 0
     draining: bool = False
     open_by_ip: dict[str, int] = attrs.field(factory=dict)
+    upgraded: int = 0
 
-    def check(self, target: str, origin: str | None, ip: str) -> Rejection | None:
-        """Return why this handshake is refused, or None to accept it.
+    def accept(self, peer: str) -> Slot | Rejection:
+        """Count a TCP connection accepted from `peer`; `PER_IP_LIMIT` when `peer` is full.
 
-        On None the connection is counted against `ip` until `release(ip)`.
+        On `PER_IP_LIMIT` nothing is counted: the shell answers 429 as soon as
+        the first bytes arrive and closes. Otherwise the shell must `release`
+        the slot when the connection closes.
+        """
+        if _is_trusted(peer, self.trusted_proxies):
+            return Slot()
+        if not self._take(peer):
+            return Rejection.PER_IP_LIMIT
+        return Slot(peer)
+
+    def check(self, slot: Slot, target: str, origin: str | None, ip: str) -> Rejection | None:
+        """Return why the handshake of `slot`'s connection from `ip` is refused, or None.
+
+        In order: path (404), draining (503), origin (403), the per-IP limit of
+        a connection through a trusted proxy (429), `max_connections` (503). On
+        None the connection counts as upgraded until `release`.
         """
         if request_path(target) != ENDPOINT_PATH:
             return Rejection.PATH
@@ -92,20 +130,37 @@ class Admission:
             return Rejection.DRAINING
         if self.allowed_origins and origin not in self.allowed_origins:
             return Rejection.ORIGIN
-        count = self.open_by_ip.get(ip, 0)
-        if self.max_conns_per_ip and count >= self.max_conns_per_ip:
-            return Rejection.PER_IP_LIMIT
-        self.open_by_ip[ip] = count + 1
+        if slot.ip is None:
+            if not self._take(ip):
+                return Rejection.PER_IP_LIMIT
+            slot.ip = ip
+        if self.max_connections and self.upgraded >= self.max_connections:
+            return Rejection.FULL
+        slot.upgraded = True
+        self.upgraded += 1
         return None
 
-    def release(self, ip: str) -> None:
-        """Stop counting one connection of `ip` (after `check` admitted it)."""
-        count = self.open_by_ip.get(ip, 0) - 1
+    def release(self, slot: Slot) -> None:
+        """Stop counting the connection of `slot` (it closed); releasing twice is harmless."""
+        if slot.upgraded:
+            slot.upgraded = False
+            self.upgraded -= 1
+        if slot.ip is None:
+            return
+        count = self.open_by_ip.get(slot.ip, 0) - 1
         if count > 0:
-            self.open_by_ip[ip] = count
+            self.open_by_ip[slot.ip] = count
         else:
-            self.open_by_ip.pop(ip, None)
+            self.open_by_ip.pop(slot.ip, None)
+        slot.ip = None
 
     def open_connections(self) -> int:
-        """Return how many admitted connections are open."""
+        """Return how many connections hold a slot (handshaking or upgraded)."""
         return sum(self.open_by_ip.values())
+
+    def _take(self, ip: str) -> bool:
+        count = self.open_by_ip.get(ip, 0)
+        if self.max_conns_per_ip and count >= self.max_conns_per_ip:
+            return False
+        self.open_by_ip[ip] = count + 1
+        return True

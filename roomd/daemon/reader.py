@@ -32,7 +32,7 @@ import wsproto.connection
 from wsproto.connection import ConnectionState
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
-from roomd.core.admission import Admission, Network
+from roomd.core.admission import Admission, Rejection
 from roomd.core.codec import Codec
 from roomd.core.connection import (
     Action,
@@ -48,7 +48,7 @@ from roomd.core.connection import (
 )
 from roomd.core.room import room_tag
 from roomd.core.stats import Stats
-from roomd.daemon.handshake import RECEIVE_SIZE, upgrade
+from roomd.daemon.handshake import RECEIVE_SIZE, refuse_at_first_bytes, upgrade
 from roomd.daemon.outbox import Flusher, socket_fd
 from roomd.daemon.registry import RoomHandle, RoomRegistry
 from roomd.daemon.room_loop import Act, Command, Disconnect, Join
@@ -71,7 +71,6 @@ class ConnectionContext:
     # How long closing may wait: for the outbox to drain, for the peer's close frame.
     close_timeout: float
     send_queue: int
-    trusted_proxies: tuple[Network, ...]
     admission: Admission
     stats: Stats
     flusher: Flusher
@@ -85,26 +84,33 @@ class ConnectionContext:
 async def serve_connection(context: ConnectionContext, stream: trio.abc.Stream, peer: str) -> None:
     """Serve one client stream until it closes; never raises for the peer's misdeeds.
 
-    Resource handling: `stream` is closed on return, and the client IP's
-    admission slot released.
+    Resource handling: `stream` is closed on return, and the connection's
+    admission slot (held from accept) released.
     """
     conn_id = next(context.conn_ids)
+    admission = context.admission
     try:
-        upgraded = await upgrade(
-            stream,
-            conn_id,
-            peer,
-            handshake_timeout=context.handshake_timeout,
-            admission=context.admission,
-            trusted_proxies=context.trusted_proxies,
-            stats=context.stats,
-        )
-        if upgraded is None:
+        slot = admission.accept(peer)
+        if isinstance(slot, Rejection):
+            context.stats.handshakes_rejected[slot] += 1
+            log.debug("conn %d refused at accept: HTTP %d ip=%s", conn_id, slot.status, peer)
+            await refuse_at_first_bytes(stream, slot, context.handshake_timeout)
             return
         try:
-            await Reader(context, stream, upgraded.ws, conn_id).run(upgraded.codec)
+            upgraded = await upgrade(
+                stream,
+                conn_id,
+                peer,
+                slot,
+                handshake_timeout=context.handshake_timeout,
+                admission=admission,
+                stats=context.stats,
+            )
+            if upgraded is not None:
+                reader = Reader(context, stream, upgraded.ws, conn_id)
+                await reader.run(upgraded.codec, upgraded.pipelined)
         finally:
-            context.admission.release(upgraded.ip)
+            admission.release(slot)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         log.debug("conn %d: transport broke", conn_id)
     finally:
@@ -122,8 +128,12 @@ class Reader:
     peer_close: CloseConnection | None = None
     _parts: list[Any] = attrs.field(factory=list)
 
-    async def run(self, codec: Codec) -> None:
-        """Serve the accepted connection until it closes, then leave every room."""
+    async def run(self, codec: Codec, pipelined: bytes = b"") -> None:
+        """Serve the accepted connection until it closes, then leave every room.
+
+        `pipelined` holds bytes the client sent behind its upgrade request: they
+        are read first, as if they had arrived after the handshake.
+        """
         context = self.context
         connection = Connection.start(
             context.limits, context.token_secret, context.stats, trio.current_time()
@@ -142,7 +152,7 @@ class Reader:
         try:
             session.send(context.limits.hello())
             with session.reader_scope:
-                await self._read(session)
+                await self._read(session, pipelined)
             answering_peer = self.ws.state is ConnectionState.REMOTE_CLOSING
             peer_code = None if self.peer_close is None else self.peer_close.code
             session.close(
@@ -227,10 +237,10 @@ class Reader:
 
     # -- reader ----------------------------------------------------------------
 
-    async def _read(self, session: Session) -> None:
+    async def _read(self, session: Session, pipelined: bytes) -> None:
         connection = session.connection
-        live_rooms = self.context.registry.rooms
-        wall_ms = self.context.wall_ms
+        if pipelined and not await self._take_in(session, pipelined):
+            return
         # On a plain TCP socket, wait for readability and read the descriptor directly:
         # the same system call as receive_some, without the three coroutine frames that
         # every idle connection would otherwise keep suspended.
@@ -248,43 +258,48 @@ class Reader:
                     continue  # woken without data after all: wait again
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     return  # reset by the peer: the same as EOF for us
-            now = trio.current_time()
             if wakeup_scope.cancelled_caught:
-                due = connection.wake(now)
+                due = connection.wake(trio.current_time())
                 if due is not None:
                     await self._carry_out(session, due)
                 if connection.close_code is not None:
                     return
                 continue
-            if not data:
+            if not data or not await self._take_in(session, data):
                 return
-            connection.heard(now)
-            self.ws.receive_data(bytes(data))
-            for event in self.ws.events():
-                if isinstance(event, TextMessage | BytesMessage):
-                    part = event.data
-                    self._parts.append(part)
-                    # max_frame is bytes; wsproto hands text frames over decoded.
-                    size = len(part.encode()) if isinstance(part, str) else len(part)
-                    too_big = connection.frame_part(size, finished=event.message_finished)
-                    if too_big is not None:
-                        await self._carry_out(session, too_big)
-                        return
-                    if event.message_finished:
-                        payload = self._take_payload()
-                        # The clock read per frame: handing one to a room may have waited.
-                        actions = connection.receive_frame(
-                            payload, trio.current_time(), wall_ms(), live_rooms
-                        )
-                        for action in actions:
-                            await self._carry_out(session, action)
-                elif isinstance(event, Ping):
-                    session.outbox.put(self.ws.send(event.response()))
-                elif isinstance(event, CloseConnection):
-                    self.peer_close = event
-                    return
-            if connection.close_code is not None:
-                return
+
+    async def _take_in(self, session: Session, data: bytes | bytearray) -> bool:
+        """Process bytes read from the client; return False once reading must stop."""
+        connection = session.connection
+        connection.heard(trio.current_time())
+        self.ws.receive_data(bytes(data))
+        for event in self.ws.events():
+            if isinstance(event, TextMessage | BytesMessage):
+                part = event.data
+                self._parts.append(part)
+                # max_frame is bytes; wsproto hands text frames over decoded.
+                size = len(part.encode()) if isinstance(part, str) else len(part)
+                too_big = connection.frame_part(size, finished=event.message_finished)
+                if too_big is not None:
+                    await self._carry_out(session, too_big)
+                    return False
+                if event.message_finished:
+                    payload = self._take_payload()
+                    # The clock read per frame: handing one to a room may have waited.
+                    actions = connection.receive_frame(
+                        payload,
+                        trio.current_time(),
+                        self.context.wall_ms(),
+                        self.context.registry.rooms,
+                    )
+                    for action in actions:
+                        await self._carry_out(session, action)
+            elif isinstance(event, Ping):
+                session.outbox.put(self.ws.send(event.response()))
+            elif isinstance(event, CloseConnection):
+                self.peer_close = event
+                return False
+        return connection.close_code is None
 
     def _take_payload(self) -> str | bytes:
         parts, self._parts = self._parts, []

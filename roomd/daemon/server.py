@@ -144,7 +144,12 @@ class Server:
         task_status: trio.TaskStatus[Running],
     ) -> None:
         config = self.config
-        admission = Admission(config.max_conns_per_ip, config.allowed_origins)
+        admission = Admission(
+            config.max_conns_per_ip,
+            config.allowed_origins,
+            config.trusted_proxies,
+            config.max_connections,
+        )
         sessions = Sessions(self.stats)
         flusher = Flusher()
         async with trio.open_nursery() as rooms_nursery:
@@ -159,10 +164,9 @@ class Server:
                     limits=config.connection_limits(),
                     token_secret=self.token_secret,
                     wall_ms=self.wall_ms,
-                    handshake_timeout=config.auth_timeout,
+                    handshake_timeout=config.handshake_timeout,
                     close_timeout=config.close_timeout,
                     send_queue=config.send_queue,
-                    trusted_proxies=config.trusted_proxies,
                     admission=admission,
                     stats=self.stats,
                     flusher=flusher,
