@@ -36,6 +36,8 @@ class Config:
     room_ttl: float = 24 * 3600.0
     max_members: int = 256
     max_rooms_per_conn: int = 32
+    max_rooms_per_aid: int = 64
+    max_rooms: int = 0
     max_frame: int = 128 * 1024
     send_queue: int = 1024
     tls_cert: Path | None = None
@@ -64,6 +66,7 @@ class Config:
             max_frame=self.max_frame,
             max_members=self.max_members,
             max_rooms_per_conn=self.max_rooms_per_conn,
+            max_rooms_per_aid=self.max_rooms_per_aid,
         )
 
 
@@ -83,6 +86,8 @@ SETTINGS: tuple[tuple[str, type, str], ...] = (
     ("room_ttl", float, "seconds an empty room lives"),
     ("max_members", int, "AIDs per room"),
     ("max_rooms_per_conn", int, "rooms one connection may be in"),
+    ("max_rooms_per_aid", int, "rooms one AID may host, across its connections (0 = no limit)"),
+    ("max_rooms", int, "rooms on this server (0 = no limit)"),
     ("max_frame", int, "largest client frame in bytes (larger: close 1009)"),
     ("send_queue", int, "outbound messages queued per connection before close 4003"),
     ("tls_cert", Path, "PEM certificate chain: serve wss"),
@@ -185,6 +190,9 @@ def validate(config: Config) -> None:
         raise ConfigError("--max-frame must be at least 1024 bytes")
     if config.max_conns_per_ip < 0:
         raise ConfigError("--max-conns-per-ip must be 0 (no limit) or positive")
+    for name in ("max_rooms_per_aid", "max_rooms"):
+        if getattr(config, name) < 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be 0 (no limit) or positive")
     if config.max_connections < 0:
         raise ConfigError("--max-connections must be 0 (no limit) or positive")
     if not 0 <= config.port <= 65535:

@@ -195,7 +195,10 @@ def build_app(
         if host is not None:
             host = _field(validate_aid, host)
         key = _room_key(body.get("encryptedRoomKey"))
-        room = await rooms.create_room(room_id=room_id, host=host, encrypted_room_key=key)
+        try:
+            room = await rooms.create_room(room_id=room_id, host=host, encrypted_room_key=key)
+        except ProtocolError as exc:  # tooManyRooms: the server is at --max-rooms
+            raise ApiError(exc.code, exc.message) from None
         if room is None:
             raise ApiError(ErrorCode.BAD_REQUEST, f"room '{room_id}' already exists", 409)
         body = {"roomId": room.room_id, "host": room.host, "createdAt": room.created_at}

@@ -25,6 +25,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
         401: "Missing or wrong API key.",
         404: "No such room (or member).",
         409: "A room with this id exists.",
+        429: "The server holds its limit of rooms (`tooManyRooms`).",
         413: "The body is over 64 KiB.",
     }
     return {str(status): _json(_ref("Error"), text[status]) for status in statuses}
@@ -168,7 +169,7 @@ OPENAPI: dict[str, Any] = {
                 "requestBody": _body("CreateRoom", required=False),
                 "responses": {
                     "201": _json(_ref("CreatedRoom"), "Created."),
-                    **_errors(400, 401, 409, 413),
+                    **_errors(400, 401, 409, 413, 429),
                 },
             },
             "get": {

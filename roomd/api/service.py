@@ -36,7 +36,10 @@ class RoomService(Protocol):
     async def create_room(
         self, *, room_id: str | None, host: str | None, encrypted_room_key: bytes | None
     ) -> Room | None:
-        """Create an empty room (a fresh id when `room_id` is None); None when it is taken."""
+        """Create an empty room (a fresh id when `room_id` is None); None when it is taken.
+
+        Raises `ProtocolError(tooManyRooms)` when the server holds `max_rooms`.
+        """
         ...
 
     async def delete_room(self, room_id: str) -> None:

@@ -77,6 +77,7 @@ class ConnectionLimits:
     max_frame: int
     max_members: int
     max_rooms_per_conn: int
+    max_rooms_per_aid: int
 
     def hello(self) -> Event:
         """Return the `hello` that tells a new client these limits."""
@@ -86,6 +87,7 @@ class ConnectionLimits:
             "maxFrame": self.max_frame,
             "maxMembers": self.max_members,
             "maxRoomsPerConnection": self.max_rooms_per_conn,
+            "maxRoomsPerAid": self.max_rooms_per_aid,
         }
         return ev.hello(self.protocol, self.heartbeat_interval, self.auth_timeout, limits)
 
@@ -328,6 +330,10 @@ class Connection:
             error = ProtocolError(ErrorCode.INTERNAL, "could not create a room; try again")
             return Reply(ev.error(error, request.request_id, None))
         return self._join(room_id, request.aid, request.public_key, request.request_id)
+
+    def room_refused(self, request: CreateRoom, exc: ProtocolError) -> Reply:
+        """Return the answer to a `CreateRoom` the server refused (a room quota: `exc`)."""
+        return Reply(ev.error(exc, request.request_id, None))
 
     def room_gone(self, action: JoinRoom | ToRoom) -> Reply:
         """Return the answer to `action` whose room ended before it could take it."""

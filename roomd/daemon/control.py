@@ -56,7 +56,7 @@ class RoomControl:
     ) -> Room | None:
         """Create an empty room; None when `room_id` is taken."""
         handle = await self.registry.create(
-            room_id=room_id, host=host, encrypted_room_key=encrypted_room_key
+            room_id=room_id, host=host, encrypted_room_key=encrypted_room_key, by_api=True
         )
         return None if handle is None else handle.room
 

@@ -53,7 +53,7 @@ from roomd.daemon.outbox import Flusher, socket_fd
 from roomd.daemon.registry import RoomHandle, RoomRegistry
 from roomd.daemon.room_loop import Act, Command, Disconnect, Join
 from roomd.daemon.session import Session, Sessions
-from roomd.errors import CloseCode
+from roomd.errors import CloseCode, ProtocolError
 
 log = logging.getLogger("roomd.reader")
 
@@ -322,9 +322,13 @@ class Reader:
             case JoinRoom(_, aid, public_key, request_id):
                 await self._to_room(session, action, Join(session, aid, public_key, request_id))
             case CreateRoom(aid, encrypted_room_key, _, _):
-                handle = await self.context.registry.create(
-                    host=aid, encrypted_room_key=encrypted_room_key
-                )
+                try:
+                    handle = await self.context.registry.create(
+                        host=aid, encrypted_room_key=encrypted_room_key
+                    )
+                except ProtocolError as exc:
+                    await self._carry_out(session, session.connection.room_refused(action, exc))
+                    return
                 created = None if handle is None else handle.room_id
                 await self._carry_out(session, session.connection.room_created(action, created))
             case Authenticated(aid, reply, renewed):

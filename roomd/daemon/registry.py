@@ -18,6 +18,7 @@ import trio
 
 from roomd.config import Config
 from roomd.core.expiry import Expiry, remaining_ttl_ms, restored_empty_since
+from roomd.core.quota import RoomQuota
 from roomd.core.room import Room, room_tag
 from roomd.core.stats import Stats
 from roomd.daemon.room_loop import Command, RoomLoop
@@ -58,6 +59,7 @@ class RoomRegistry:
     store: RoomStore
     stats: Stats
     wall_ms: Callable[[], int]
+    quota: RoomQuota
     rooms: dict[str, RoomHandle] = attrs.field(factory=dict)
 
     def get(self, room_id: str) -> RoomHandle | None:
@@ -65,15 +67,36 @@ class RoomRegistry:
         return self.rooms.get(room_id)
 
     async def create(
-        self, *, host: str | None, encrypted_room_key: bytes | None, room_id: str | None = None
+        self,
+        *,
+        host: str | None,
+        encrypted_room_key: bytes | None,
+        room_id: str | None = None,
+        by_api: bool = False,
     ) -> RoomHandle | None:
         """Store and start a new, empty room; None when `room_id` is taken.
 
         The room exists (durably) once this returns; its creator joins next.
+        Raises `ProtocolError(tooManyRooms)` past `max_rooms`, or, unless
+        `by_api`, past `max_rooms_per_aid` rooms hosted by `host`.
         """
         room_id = room_id or new_room_id()
         if room_id in self.rooms:
             return None
+        # Reserved before the store is awaited: two creations racing cannot both fit.
+        self.quota.reserve(host, per_aid=not by_api)
+        try:
+            handle = await self._create(room_id, host, encrypted_room_key)
+        except BaseException:
+            self.quota.release(host)
+            raise
+        if handle is None:
+            self.quota.release(host)
+        return handle
+
+    async def _create(
+        self, room_id: str, host: str | None, encrypted_room_key: bytes | None
+    ) -> RoomHandle | None:
         room = Room.new(
             room_id,
             host=host,
@@ -110,6 +133,7 @@ class RoomRegistry:
             )
             if record.empty_since is None:
                 await self.store.save(room.to_record())
+            self.quota.reserve(room.host, per_aid=False)
             self._start(room, trio.current_time() + remaining_ms / 1000)
             restored += 1
         return restored, expired
@@ -118,7 +142,7 @@ class RoomRegistry:
         inbox_send, inbox_recv = trio.open_memory_channel[Command](INBOX_SIZE)
         handle = self.rooms[room.room_id] = RoomHandle(room, inbox_send)
         expiry = Expiry(self.config.room_ttl, expiry_deadline)
-        loop = RoomLoop(room, self.store, self.stats, self.wall_ms, expiry)
+        loop = RoomLoop(room, self.store, self.stats, self.wall_ms, expiry, self.quota)
         self.nursery.start_soon(self._run_room, loop, handle, inbox_recv, name="room loop")
         return handle
 
@@ -144,4 +168,5 @@ class RoomRegistry:
         if room.deleted is None:
             log.debug("room %s stopped", room_tag(room.room_id))
         else:
+            self.quota.release(loop.counted_host)
             log.info("room %s deleted (%s)", room_tag(room.room_id), room.deleted)

@@ -29,6 +29,7 @@ import trio
 from roomd.core import event as ev
 from roomd.core import message as m
 from roomd.core.expiry import Expiry
+from roomd.core.quota import RoomQuota
 from roomd.core.room import Attached, Detached, Effect, Room, Send, room_tag
 from roomd.core.stats import Stats
 from roomd.daemon.bus import Delete, Kick
@@ -79,12 +80,20 @@ class RoomLoop:
     # Wall-clock Unix milliseconds (`ts`, `emptySince`).
     wall_ms: Callable[[], int]
     expiry: Expiry
+    # Counts the rooms each AID hosts: told of every host change.
+    quota: RoomQuota
     # What the store holds of the room, to know when a command changed it.
     _saved: tuple[object, ...] = attrs.field(init=False)
+    # The host the quota counts this room for.
+    counted_host: str | None = attrs.field(init=False)
 
     @_saved.default
     def _initially_saved(self) -> tuple[object, ...]:
         return self.room.durable_state()
+
+    @counted_host.default
+    def _initially_counted_host(self) -> str | None:
+        return self.room.host
 
     async def run(self, inbox_recv: trio.MemoryReceiveChannel[Command]) -> None:
         """Serve commands until the room is deleted or its expiry deadline passes."""
@@ -137,6 +146,9 @@ class RoomLoop:
     async def commit(self, effects: list[Effect]) -> None:
         """Make the room's new state durable when it must be, then carry out `effects`."""
         room = self.room
+        if room.host != self.counted_host:
+            self.quota.host_changed(self.counted_host, room.host)
+            self.counted_host = room.host
         if room.deleted is not None:
             await self.store.delete(room.room_id)
         elif room.durable_state() != self._saved:

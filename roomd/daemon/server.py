@@ -34,6 +34,7 @@ import trio
 
 from roomd.config import Config
 from roomd.core.admission import Admission
+from roomd.core.quota import RoomQuota
 from roomd.core.stats import Stats
 from roomd.daemon.bus import BusEvent, EventBus, LocalEventBus
 from roomd.daemon.control import RoomControl
@@ -153,7 +154,10 @@ class Server:
         sessions = Sessions(self.stats)
         flusher = Flusher()
         async with trio.open_nursery() as rooms_nursery:
-            registry = RoomRegistry(config, rooms_nursery, self.store, self.stats, self.wall_ms)
+            quota = RoomQuota(config.max_rooms, config.max_rooms_per_aid)
+            registry = RoomRegistry(
+                config, rooms_nursery, self.store, self.stats, self.wall_ms, quota
+            )
             restored, expired = await registry.restore()
             if restored or expired:
                 log.info("rooms restored: %d, expired while down: %d", restored, expired)

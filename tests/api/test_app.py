@@ -242,7 +242,7 @@ async def test_guarded_route_refuses_missing_wrong_or_non_bearer_key(
 async def test_openapi_document_is_served_and_lists_every_route_and_status() -> None:
     """GET /openapi.json returns the OpenAPI 3 document with every route and status of the API."""
     documented = {
-        ("post", "/v1/rooms"): {"201", "400", "401", "409", "413"},
+        ("post", "/v1/rooms"): {"201", "400", "401", "409", "413", "429"},
         ("get", "/v1/rooms"): {"200", "400", "401"},
         ("get", "/v1/rooms/{roomId}"): {"200", "401", "404"},
         ("delete", "/v1/rooms/{roomId}"): {"204", "401", "404"},
@@ -344,6 +344,20 @@ async def test_creating_an_existing_room_id_is_409_and_changes_nothing() -> None
             assert (await http(h, "GET", "/v1/rooms/dup")).json()["host"] is None
             assert (await http(h, "GET", f"/v1/rooms/{ws_room}")).json()["host"] == "alice"
             assert alice.pending() == []
+
+
+async def test_creating_past_max_rooms_is_429_but_not_past_the_per_aid_quota() -> None:
+    """The API is bound by --max-rooms (429 tooManyRooms) but may give a host more rooms."""
+    with trio.fail_after(TIMEOUT):
+        async with running_api_server(max_rooms=2, max_rooms_per_aid=1) as h:
+            for room_id in ("one", "two"):
+                body = {"roomId": room_id, "host": "alice"}
+                assert (await http(h, "POST", "/v1/rooms", body)).status == 201
+            reply = await http(h, "POST", "/v1/rooms", {"roomId": "three"})
+            assert (reply.status, reply.error_code) == (429, "tooManyRooms")
+            assert (await http(h, "GET", "/v1/rooms/three")).status == 404
+            assert (await http(h, "DELETE", "/v1/rooms/one")).status == 204
+            assert (await http(h, "POST", "/v1/rooms", {"roomId": "three"})).status == 201
 
 
 @pytest.mark.parametrize(

@@ -38,6 +38,7 @@ LIMITS = ConnectionLimits(
     max_frame=1024,
     max_members=8,
     max_rooms_per_conn=2,
+    max_rooms_per_aid=4,
 )
 # Limits under which no heartbeat timer interferes with a test of another timer.
 QUIET: dict[str, Any] = {"heartbeat_interval": 1e6, "heartbeat_timeout": 1e6}

@@ -399,6 +399,7 @@ def test_hello_tells_the_client_its_limits() -> None:
             "maxFrame": 1024,
             "maxMembers": 16,
             "maxRoomsPerConnection": 3,
+            "maxRoomsPerAid": 4,
         },
     }
 
