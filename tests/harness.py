@@ -29,6 +29,7 @@ from wsproto.events import (
     BytesMessage,
     CloseConnection,
     Ping,
+    Pong,
     RejectConnection,
     RejectData,
     Request,
@@ -239,6 +240,7 @@ class Client:
     auto_pong: bool = True
     ws: WSConnection = attrs.field(factory=lambda: WSConnection(ConnectionType.CLIENT))
     pings: int = 0
+    pongs: int = 0
     close_code: int | None = None
     subprotocol: str | None = None
     reject_status: int | None = None
@@ -375,6 +377,8 @@ class Client:
                         self._inbox.append(orjson.loads("".join(parts)))
                     else:
                         self._inbox.append(cbor2.loads(b"".join(parts)))
+            elif isinstance(event, Pong):
+                self.pongs += 1
             elif isinstance(event, Ping):
                 self.pings += 1
                 if self.auto_pong:

@@ -9,6 +9,7 @@ owns one `Connection` per accepted WebSocket and feeds it what happened:
 - `frame_part(size, finished=...)` for every piece of a client data frame, so
   an oversized frame is refused before it is whole;
 - `receive_frame(payload, now, wall_ms, live_rooms)` for every complete frame;
+- `receive_control(now, ping=...)` for every ping or pong (they pay the bucket too);
 - `heard(now)` whenever bytes arrived, and `wake(now)` when the shell's wait
   for bytes reached `next_deadline()`;
 - `room_created`, `room_gone` when a room the connection addressed answered
@@ -114,6 +115,13 @@ class SendPing:
 
 
 @attrs.frozen
+class SendPong:
+    """Answer the client's ping carrying `payload`."""
+
+    payload: bytes
+
+
+@attrs.frozen
 class Close:
     """Close the connection with `code`: the shell closes its session (which calls `close`)."""
 
@@ -148,7 +156,7 @@ class ToRoom:
     msg: m.RoomMessage
 
 
-Action = Reply | Authenticated | SendPing | Close | CreateRoom | JoinRoom | ToRoom
+Action = Reply | Authenticated | SendPing | SendPong | Close | CreateRoom | JoinRoom | ToRoom
 
 
 @attrs.define(eq=False, slots=True)
@@ -251,6 +259,21 @@ class Connection:
             return [self._dispatch(msg, now, wall_ms, live_rooms)]
         except ProtocolError as exc:
             return [Reply(ev.error(exc, msg.id, getattr(msg, "room_id", None)))]
+
+    def receive_control(self, now: float, *, ping: bytes | None) -> SendPong | Close | None:
+        """Apply one client ping (`ping` is its payload) or pong (`ping` None) at `now`.
+
+        Control frames cost the bucket like any frame (PROTOCOL.md 1.1 §6): a
+        ping that finds the bucket full gets no pong and no error, and keeping
+        it full past the abuse limit closes 4004.
+        """
+        if self.phase is Phase.CLOSING:
+            return None
+        verdict = self.bucket.offer(now)
+        if verdict is Verdict.ACCEPT:
+            return None if ping is None else SendPong(ping)
+        self.stats.rate_limited += 1
+        return Close(CloseCode.RATE_LIMIT_ABUSE) if verdict is Verdict.ABUSE else None
 
     def _rate_limited(self, verdict: Verdict, payload: str | bytes, now: float) -> list[Action]:
         self.stats.rate_limited += 1

@@ -30,7 +30,7 @@ import attrs
 import trio
 import wsproto.connection
 from wsproto.connection import ConnectionState
-from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
+from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 
 from roomd.core.admission import Admission, Rejection
 from roomd.core.codec import Codec
@@ -44,6 +44,7 @@ from roomd.core.connection import (
     JoinRoom,
     Reply,
     SendPing,
+    SendPong,
     ToRoom,
 )
 from roomd.core.room import room_tag
@@ -56,6 +57,9 @@ from roomd.daemon.session import Session, Sessions
 from roomd.errors import CloseCode, ProtocolError
 
 log = logging.getLogger("roomd.reader")
+
+# How many WebSocket events of one read the reader handles before it lets others run.
+YIELD_EVERY = 1024
 
 
 @attrs.frozen(kw_only=True)
@@ -273,7 +277,13 @@ class Reader:
         connection = session.connection
         connection.heard(trio.current_time())
         self.ws.receive_data(bytes(data))
-        for event in self.ws.events():
+        for count, event in enumerate(self.ws.events(), 1):
+            if count % YIELD_EVERY == 0:
+                # A read of tiny frames (a ping flood) must not keep the other tasks
+                # waiting; real messages rarely come this many to a read.
+                await trio.lowlevel.checkpoint()
+                if connection.close_code is not None:
+                    return False
             if isinstance(event, TextMessage | BytesMessage):
                 part = event.data
                 self._parts.append(part)
@@ -294,8 +304,13 @@ class Reader:
                     )
                     for action in actions:
                         await self._carry_out(session, action)
-            elif isinstance(event, Ping):
-                session.outbox.put(self.ws.send(event.response()))
+            elif isinstance(event, Ping | Pong):
+                ping = bytes(event.payload) if isinstance(event, Ping) else None
+                control = connection.receive_control(trio.current_time(), ping=ping)
+                if control is not None:
+                    await self._carry_out(session, control)
+                    if connection.close_code is not None:
+                        return False
             elif isinstance(event, CloseConnection):
                 self.peer_close = event
                 return False
@@ -337,6 +352,8 @@ class Reader:
                 session.send(reply)
             case SendPing():
                 session.outbox.put(self.ws.send(Ping(b"")))
+            case SendPong(payload):
+                session.outbox.put(self.ws.send(Pong(payload)))
             case Close(code):
                 session.close(code)
 

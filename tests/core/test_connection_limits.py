@@ -17,6 +17,7 @@ from roomd.core.connection import (
     Phase,
     Reply,
     SendPing,
+    SendPong,
     ToRoom,
 )
 from roomd.errors import CloseCode, ErrorCode
@@ -288,6 +289,60 @@ def test_stats_count_accepted_frames_and_rate_limited_ones() -> None:
     for fields in frames:
         send(conn, fields)
     assert (conn.stats.frames_in, conn.stats.rate_limited) == (4, 3)
+
+
+# -- control frames -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("payload", [b"", b"x", b"\x00" * 125])
+def test_a_ping_within_the_bucket_is_answered_with_its_payload(payload: bytes) -> None:
+    """A ping that fits in the bucket gets a pong carrying the same payload; a pong gets nothing."""
+    conn = authed()
+    assert conn.receive_control(1.0, ping=payload) == SendPong(payload)
+    assert conn.receive_control(1.0, ping=None) is None
+
+
+def test_pings_pay_the_bucket_and_past_it_get_no_pong() -> None:
+    """Control frames cost a unit each: past `burst` pings get no pong, and data is refused."""
+    conn = start(burst=5.0, rate=1.0)
+    pongs = [conn.receive_control(0.0, ping=b"p") for _ in range(8)]
+    assert pongs == [SendPong(b"p")] * 5 + [None] * 3
+    assert conn.stats.rate_limited == 3
+    # The refused pings began a run of refusals: the frame after them is dropped unanswered.
+    assert send(conn, auth(id=7)) == []
+    assert conn.phase is Phase.AWAITING_AUTH
+
+
+def test_pongs_pay_the_bucket_too() -> None:
+    """Unsolicited pongs fill the bucket, so a data frame right after them is refused."""
+    conn = start(burst=3.0, rate=1.0)
+    for _ in range(3):
+        assert conn.receive_control(0.0, ping=None) is None
+    assert conn.phase is Phase.AWAITING_AUTH
+    error(send(conn, auth(id=3)), ErrorCode.RATE_LIMITED, 3)
+    assert conn.phase is Phase.AWAITING_AUTH
+
+
+@pytest.mark.parametrize("step", [0.001, 0.05])
+def test_a_control_flood_that_keeps_the_bucket_full_closes_4004(step: float) -> None:
+    """Pings that keep the bucket full for ABUSE_AFTER seconds end in Close(4004)."""
+    conn = authed(burst=5.0, rate=10.0)
+    now, result = 0.0, None
+    while now < ABUSE_AFTER + 1:
+        result = conn.receive_control(now, ping=b"")
+        if isinstance(result, Close):
+            break
+        now += step
+    assert result == Close(CloseCode.RATE_LIMIT_ABUSE)
+    # Counted from the first refused ping (the bucket is full after 5).
+    assert ABUSE_AFTER <= now <= ABUSE_AFTER + 1
+
+
+def test_control_frames_are_ignored_once_closing() -> None:
+    """A closing connection answers no ping."""
+    conn = authed()
+    conn.close(CloseCode.GOING_AWAY)
+    assert conn.receive_control(0.0, ping=b"x") is None
 
 
 # -- frame size -------------------------------------------------------------------
