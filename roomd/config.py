@@ -45,6 +45,8 @@ class Config:
     api: bool = True
     api_host: str = "127.0.0.1"
     api_port: int = 8766
+    api_tls_cert: Path | None = None
+    api_tls_key: Path | None = None
     store: str = "sqlite"
     # How long shutdown waits for clients to answer close 1001 before it hangs up.
     close_timeout: float = 2.0
@@ -94,6 +96,8 @@ SETTINGS: tuple[tuple[str, type, str], ...] = (
     ("tls_key", Path, "PEM private key of --tls-cert"),
     ("api_host", str, "address of the REST server API"),
     ("api_port", int, "port of the REST server API (0 = a free port)"),
+    ("api_tls_cert", Path, "PEM certificate chain: serve the API over https"),
+    ("api_tls_key", Path, "PEM private key of --api-tls-cert"),
     ("store", str, "room store: sqlite (in the data dir) or memory (nothing survives)"),
 )
 STORES = ("sqlite", "memory")
@@ -203,3 +207,5 @@ def validate(config: Config) -> None:
         raise ConfigError(f"--store must be one of {', '.join(STORES)}")
     if (config.tls_cert is None) != (config.tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together")
+    if (config.api_tls_cert is None) != (config.api_tls_key is None):
+        raise ConfigError("--api-tls-cert and --api-tls-key go together")

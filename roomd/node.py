@@ -111,8 +111,16 @@ class Node:
                     token_secret=server.token_secret,
                     wall_ms=server.wall_ms,
                 )
+                tls = None
+                if config.api_tls_cert is not None and config.api_tls_key is not None:
+                    tls = (config.api_tls_cert, config.api_tls_key)
                 serve = partial(
-                    serve_api, app, config.api_host, config.api_port, server.drained.wait
+                    serve_api,
+                    app,
+                    config.api_host,
+                    config.api_port,
+                    server.drained.wait,
+                    tls=tls,
                 )
                 api_url = (await nursery.start(serve))[0]
             task_status.started(Bound(running.port, api_url, running))

@@ -253,6 +253,26 @@ def test_tls_listener_serves_wss_to_a_client_trusting_its_ca(
     client.close()
 
 
+def test_api_tls_serves_https_to_a_client_trusting_its_ca(
+    start_roomd: Start, tmp_path: Path
+) -> None:
+    """With --api-tls-cert/--api-tls-key the API line reads https:// and the API answers there."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert_path, key_path = tmp_path / "api.pem", tmp_path / "api.key"
+    cert_path.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+    cert.private_key_pem.write_to_path(str(key_path))
+    roomd = start_roomd("--api-tls-cert", str(cert_path), "--api-tls-key", str(key_path))
+    assert roomd.api_url is not None and roomd.api_url.startswith("https://127.0.0.1:")
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    with urllib.request.urlopen(f"{roomd.api_url}/healthz", context=context, timeout=5) as reply:
+        assert json.loads(reply.read()) == {"status": "ok"}
+    with pytest.raises((urllib.error.URLError, ConnectionError)):
+        urllib.request.urlopen(roomd.api_url.replace("https", "http") + "/healthz", timeout=5)
+    assert "without TLS" not in roomd.logs()
+
+
 def test_sigterm_closes_every_client_with_1001_and_exits_0(roomd: RoomdProcess) -> None:
     """On SIGTERM every client gets close 1001 and the process exits 0 within 5 s."""
     clients = [WsClient(roomd.url) for _ in range(2)]

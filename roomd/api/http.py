@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -26,10 +28,38 @@ def _drop_hypercorn_eof_race(record: logging.LogRecord) -> bool:
     return not isinstance(exc, trio.BusyResourceError)
 
 
-def hypercorn_config(host: str, port: int) -> HypercornConfig:
-    """Return hypercorn's settings for the API on `host:port`: no access log, roomd's logger."""
+def is_loopback(host: str) -> bool:
+    """True when `host` names only this machine (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a hostname or 0.0.0.0-like wildcard: assume it is reachable
+
+
+def clear_text_warning(host: str, *, tls: bool) -> str | None:
+    """Return the start-up warning for an API on `host`, or None when it is safe.
+
+    An API reachable beyond this machine without TLS sends its key in the clear.
+    """
+    if tls or is_loopback(host):
+        return None
+    return (
+        f"the server API listens on {host} without TLS: its key travels in the clear"
+        " (use --api-tls-cert and --api-tls-key)"
+    )
+
+
+def hypercorn_config(host: str, port: int, tls: tuple[Path, Path] | None = None) -> HypercornConfig:
+    """Return hypercorn's settings for the API on `host:port`: no access log, roomd's logger.
+
+    With `tls` (certificate chain, key) the API speaks https.
+    """
     config = HypercornConfig()
     config.bind = [f"{host}:{port}"]
+    if tls is not None:
+        config.certfile, config.keyfile = str(tls[0]), str(tls[1])
     config.graceful_timeout = GRACEFUL_TIMEOUT
     config.accesslog = None
     api_log = logging.getLogger("roomd.api")
@@ -44,12 +74,20 @@ async def serve_api(
     port: int,
     shutdown_trigger: Callable[..., Awaitable[None]],
     *,
+    tls: tuple[Path, Path] | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve `app` until `shutdown_trigger` returns; report the bound URLs through `task_status`."""
+    """Serve `app` until `shutdown_trigger` returns; report the bound URLs through `task_status`.
+
+    Logs a warning when the API is reachable beyond this machine without TLS:
+    its key would travel in the clear.
+    """
+    warning = clear_text_warning(host, tls=tls is not None)
+    if warning is not None:
+        logging.getLogger("roomd.api").warning("%s", warning)
     await serve(
         app,  # type: ignore[arg-type]  # Starlette is ASGI; the stubs disagree
-        hypercorn_config(host, port),
+        hypercorn_config(host, port, tls),
         shutdown_trigger=shutdown_trigger,
         task_status=task_status,
     )
