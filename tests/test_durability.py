@@ -129,6 +129,50 @@ async def test_room_whose_ttl_ran_out_while_down_is_gone_at_start(
             assert reply["code"] == "notFound"
 
 
+async def _room_with_a_member_at_a_crash(store: RoomStore, wall: Callable[[], int]) -> str:
+    """Run roomd with alice in a room for an hour, then cancel it (a crash, not a stop)."""
+    async with running_server(store=store, wall_ms=wall) as h:
+        room_id, (alice,) = await h.open_room("alice", ttl=DAY)
+        assert await alice.listen(3600) == []  # answering pings
+    assert store.records[room_id].empty_since is None  # it had a member when roomd died
+    return room_id
+
+
+async def test_a_room_with_members_at_a_crash_expires_from_when_roomd_was_last_alive(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """roomd dead for longer than the ttl: the room that had members is deleted at start."""
+    with trio.fail_after(3 * DAY):
+        store = MemoryRoomStore()
+        wall = _mock_wall()
+        room_id = await _room_with_a_member_at_a_crash(store, wall)
+        assert store.alive_ms is not None and wall() - store.alive_ms <= 60_000
+        await trio.sleep(DAY)  # down for the whole ttl
+        async with _server_on(store, wall) as h:
+            assert h.registry.get(room_id) is None
+            assert room_id not in store.records
+
+
+async def test_a_room_with_members_at_a_crash_counts_down_from_the_last_alive_mark(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Down for less than the ttl: the room is back and expires ttl after the last mark."""
+    with trio.fail_after(3 * DAY):
+        store = MemoryRoomStore()
+        wall = _mock_wall()
+        room_id = await _room_with_a_member_at_a_crash(store, wall)
+        assert store.alive_ms is not None
+        died_ms = store.alive_ms
+        await trio.sleep(DAY / 2)
+        async with _server_on(store, wall) as h:
+            assert h.registry.get(room_id) is not None
+            assert store.records[room_id].empty_since == died_ms
+            await trio.sleep(DAY / 2 - 120)
+            assert h.registry.get(room_id) is not None
+            await trio.sleep(120)
+            assert h.registry.get(room_id) is None
+
+
 async def test_room_with_ttl_left_resumes_its_countdown_after_a_restart(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -14,6 +14,9 @@ import attrs
 
 from roomd.core.room import Room, RoomRecord
 
+# How often roomd marks itself alive in the store (seconds), at the most.
+ALIVE_EVERY = 60.0
+
 
 @attrs.define(slots=True)
 class Expiry:
@@ -35,13 +38,27 @@ class Expiry:
             self.deadline = now + self.room_ttl
 
 
-def restored_empty_since(record: RoomRecord, now_ms: int) -> int:
+def restored_empty_since(record: RoomRecord, now_ms: int, last_alive_ms: int | None) -> int:
     """Return since when a stored room counts as empty at a start at `now_ms`.
 
-    A room that had members when roomd stopped counts as empty since the start:
-    its members were disconnected then, not earlier.
+    A room that had members when roomd stopped (or died) counts as empty from
+    the last moment roomd was known alive (`last_alive_ms`, its periodic mark):
+    its members were gone from then on at the latest. Without a mark (a data
+    dir from before marks existed) it counts as empty since the start.
     """
-    return now_ms if record.empty_since is None else record.empty_since
+    if record.empty_since is not None:
+        return record.empty_since
+    return now_ms if last_alive_ms is None else min(last_alive_ms, now_ms)
+
+
+def alive_mark_interval(room_ttl: float) -> float:
+    """Return how often (seconds) roomd marks itself alive for a `room_ttl`.
+
+    Once a minute, or a tenth of a shorter ttl: a room with members at a crash
+    is judged empty from a mark at most this old, so it may expire that much
+    early, never late.
+    """
+    return min(ALIVE_EVERY, room_ttl / 10)
 
 
 def remaining_ttl_ms(empty_since: int, room_ttl_ms: float, now_ms: int) -> float:

@@ -118,8 +118,9 @@ class RoomRegistry:
         now = self.wall_ms()
         ttl_ms = self.config.room_ttl * 1000
         restored = expired = 0
+        last_alive = await self.store.last_alive()
         for record in await self.store.load():
-            empty_since = restored_empty_since(record, now)
+            empty_since = restored_empty_since(record, now, last_alive)
             remaining_ms = remaining_ttl_ms(empty_since, ttl_ms, now)
             if remaining_ms <= 0:
                 await self.store.delete(record.room_id)

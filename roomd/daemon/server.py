@@ -2,6 +2,7 @@
 
     Server.run
     └── server nursery
+        ├── alive mark: "this server is running" into the store, every minute
         ├── flusher: every dirty outbox -> its socket, once per scheduler turn
         ├── event bus pump: bus events -> room inboxes
         └── rooms nursery: one room loop per live room (RoomRegistry)
@@ -34,6 +35,7 @@ import trio
 
 from roomd.config import Config
 from roomd.core.admission import Admission
+from roomd.core.expiry import alive_mark_interval
 from roomd.core.quota import RoomQuota
 from roomd.core.stats import Stats
 from roomd.daemon.bus import BusEvent, EventBus, LocalEventBus
@@ -161,6 +163,7 @@ class Server:
             restored, expired = await registry.restore()
             if restored or expired:
                 log.info("rooms restored: %d, expired while down: %d", restored, expired)
+            await server_nursery.start(self._mark_alive)
             await server_nursery.start(flusher.run)
             await server_nursery.start(self.bus.run, partial(_to_room, registry))
             async with trio.open_nursery() as connections:
@@ -205,6 +208,17 @@ class Server:
             # Connections are gone (their rooms told); now stop the rooms, which save
             # their last seq on the way out.
             rooms_nursery.cancel_scope.cancel()
+
+    async def _mark_alive(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Record in the store, now and then periodically, that this server is running."""
+        interval = alive_mark_interval(self.config.room_ttl)
+        await self.store.mark_alive(self.wall_ms())
+        task_status.started()
+        while True:
+            await trio.sleep(interval)
+            await self.store.mark_alive(self.wall_ms())
 
 
 async def _to_room(registry: RoomRegistry, event: BusEvent) -> None:

@@ -41,6 +41,14 @@ class RoomStore(Protocol):
         """Forget a room (no error when it is unknown)."""
         ...
 
+    async def mark_alive(self, now_ms: int) -> None:
+        """Record that roomd was running at `now_ms` (durable on return)."""
+        ...
+
+    async def last_alive(self) -> int | None:
+        """Return the last `mark_alive` time, or None when none was ever recorded."""
+        ...
+
     async def aclose(self) -> None:
         """Release the store's resources."""
         ...

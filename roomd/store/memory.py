@@ -13,6 +13,7 @@ class MemoryRoomStore:
     """A store in a dict: fast, in-process, forgotten at exit."""
 
     records: dict[str, RoomRecord] = attrs.field(factory=dict)
+    alive_ms: int | None = None
 
     async def load(self) -> list[RoomRecord]:
         """Return every stored room."""
@@ -36,6 +37,16 @@ class MemoryRoomStore:
         """Forget a room (no error when it is unknown)."""
         await trio.lowlevel.checkpoint()
         self.records.pop(room_id, None)
+
+    async def mark_alive(self, now_ms: int) -> None:
+        """Record that roomd was running at `now_ms`."""
+        await trio.lowlevel.checkpoint()
+        self.alive_ms = now_ms
+
+    async def last_alive(self) -> int | None:
+        """Return the last `mark_alive` time, or None."""
+        await trio.lowlevel.checkpoint()
+        return self.alive_ms
 
     async def aclose(self) -> None:
         """Release the store's resources."""

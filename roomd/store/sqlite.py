@@ -31,6 +31,14 @@ CREATE TABLE IF NOT EXISTS rooms (
     seq_reserved INTEGER NOT NULL
 )
 """
+# One row: when roomd last marked itself alive. Created when missing, so a data
+# dir written before it existed opens as it is.
+_ALIVE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS alive (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    at_ms INTEGER NOT NULL
+)
+"""
 _COLUMNS = "room_id, host, encrypted_room_key, created_at, empty_since, seq_reserved"
 
 
@@ -44,6 +52,7 @@ class SqliteRoomStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(_SCHEMA)
+        self._db.execute(_ALIVE_SCHEMA)
         self._limiter = trio.CapacityLimiter(1)
 
     @classmethod
@@ -89,6 +98,21 @@ class SqliteRoomStore:
 
     def _delete(self, room_id: str) -> None:
         self._db.execute("DELETE FROM rooms WHERE room_id = ?", (room_id,))
+
+    async def mark_alive(self, now_ms: int) -> None:
+        """Record that roomd was running at `now_ms`; durable on return."""
+        await self._run(self._mark_alive, now_ms)
+
+    def _mark_alive(self, now_ms: int) -> None:
+        self._db.execute("INSERT OR REPLACE INTO alive (id, at_ms) VALUES (1, ?)", (now_ms,))
+
+    async def last_alive(self) -> int | None:
+        """Return the last `mark_alive` time, or None."""
+        return await self._run(self._last_alive)
+
+    def _last_alive(self) -> int | None:
+        row = self._db.execute("SELECT at_ms FROM alive WHERE id = 1").fetchone()
+        return None if row is None else int(row[0])
 
     async def aclose(self) -> None:
         """Release the store's resources."""

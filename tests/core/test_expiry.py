@@ -6,7 +6,12 @@ import math
 
 import pytest
 
-from roomd.core.expiry import Expiry, remaining_ttl_ms, restored_empty_since
+from roomd.core.expiry import (
+    Expiry,
+    alive_mark_interval,
+    remaining_ttl_ms,
+    restored_empty_since,
+)
 from roomd.core.room import Room, RoomRecord
 
 TTL = 100.0
@@ -117,20 +122,34 @@ def test_a_new_expiry_has_no_deadline() -> None:
 
 
 @pytest.mark.parametrize(
-    ("empty_since", "now_ms", "expected"),
+    ("empty_since", "now_ms", "alive_ms", "expected"),
     [
-        (None, 5_000, 5_000),  # had members at the stop: empty since this start
-        (None, 0, 0),
-        (1_000, 5_000, 1_000),  # was already empty: keep counting from then
-        (0, 5_000, 0),  # 0 is a time, not "no time"
-        (9_000, 5_000, 9_000),  # a clock that went back: the stored value stands
+        (None, 5_000, None, 5_000),  # had members, no alive mark: empty since this start
+        (None, 0, None, 0),
+        (None, 5_000, 3_000, 3_000),  # had members: empty since roomd was last known alive
+        (None, 5_000, 0, 0),  # 0 is a time, not "no mark"
+        (None, 5_000, 9_000, 5_000),  # a mark from the future (clock went back): now
+        (1_000, 5_000, 3_000, 1_000),  # was already empty: keep counting from then
+        (1_000, 5_000, None, 1_000),
+        (0, 5_000, None, 0),  # 0 is a time, not "no time"
+        (9_000, 5_000, None, 9_000),  # a clock that went back: the stored value stands
     ],
 )
-def test_a_restored_room_is_empty_since_the_stored_time_or_the_start(
-    empty_since: int | None, now_ms: int, expected: int
+def test_a_restored_room_is_empty_since_the_stored_time_or_the_last_alive_mark(
+    empty_since: int | None, now_ms: int, alive_ms: int | None, expected: int
 ) -> None:
-    """restored_empty_since is the stored emptySince, or now when the room had members."""
-    assert restored_empty_since(record(empty_since), now_ms) == expected
+    """The stored emptySince, else the last alive mark, else now (rooms with members)."""
+    assert restored_empty_since(record(empty_since), now_ms, alive_ms) == expected
+
+
+@pytest.mark.parametrize(
+    ("ttl", "interval"), [(86_400.0, 60.0), (600.0, 60.0), (300.0, 30.0), (1.0, 0.1)]
+)
+def test_roomd_marks_itself_alive_every_minute_or_a_tenth_of_a_short_ttl(
+    ttl: float, interval: float
+) -> None:
+    """The mark's interval bounds how early a room with members at a crash may expire."""
+    assert alive_mark_interval(ttl) == pytest.approx(interval)
 
 
 @pytest.mark.parametrize(
@@ -159,5 +178,5 @@ def test_a_restart_expires_a_stored_room_only_past_its_ttl(
     empty_since: int | None, now_ms: int, expired: bool
 ) -> None:
     """Restore: a room with members at the stop gets a whole ttl; an empty one what was left."""
-    since = restored_empty_since(record(empty_since), now_ms)
+    since = restored_empty_since(record(empty_since), now_ms, None)
     assert (remaining_ttl_ms(since, TTL * 1000, now_ms) <= 0) is expired

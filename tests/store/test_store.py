@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,38 @@ async def test_sqlite_store_survives_reopening(tmp_path: Path) -> None:
         second = SqliteRoomStore.in_data_dir(tmp_path)
         assert await second.load() == [RECORD]
         await second.aclose()
+
+
+async def test_the_alive_mark_keeps_its_latest_time(store: RoomStore) -> None:
+    """No mark at first; then the last `mark_alive` time, overwritten by the next one."""
+    with trio.fail_after(10):
+        assert await store.last_alive() is None
+        await store.mark_alive(1_000)
+        await store.mark_alive(2_000)
+        assert await store.last_alive() == 2_000
+
+
+async def test_sqlite_alive_mark_survives_reopening_and_old_files_open(tmp_path: Path) -> None:
+    """The mark is durable; a file made before the mark existed opens with no mark."""
+    with trio.fail_after(10):
+        first = SqliteRoomStore.in_data_dir(tmp_path)
+        await first.insert(RECORD)
+        await first.mark_alive(5_000)
+        await first.aclose()
+        again = SqliteRoomStore.in_data_dir(tmp_path)
+        assert await again.last_alive() == 5_000
+        await again.aclose()
+        old = tmp_path / "old"
+        old.mkdir()
+        legacy = sqlite3.connect(old / "rooms.sqlite3")
+        legacy.execute(
+            "CREATE TABLE rooms (room_id TEXT PRIMARY KEY, host TEXT, encrypted_room_key BLOB,"
+            " created_at INTEGER NOT NULL, empty_since INTEGER, seq_reserved INTEGER NOT NULL)"
+        )
+        legacy.execute("INSERT INTO rooms VALUES ('r1', 'alice', NULL, 1, NULL, 1000)")
+        legacy.commit()
+        legacy.close()
+        opened = SqliteRoomStore.in_data_dir(old)
+        assert await opened.last_alive() is None
+        assert [record.room_id for record in await opened.load()] == ["r1"]
+        await opened.aclose()
