@@ -5,16 +5,21 @@ Every loop here is bounded in count and time, and every socket targets 127.0.0.x
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import resource
 import socket
+import struct
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import Request
+from wsproto.events import CloseConnection, Message, Request, TextMessage
 from wsproto.frame_protocol import FrameProtocol
 
 from .e2e_support import RoomdProcess, WsClient, roomd_processes, token
@@ -143,3 +148,140 @@ def test_slowloris_from_one_ip_holds_at_most_its_limit_and_others_get_in(
     finally:
         for sock in stalled:
             sock.close()
+
+
+def open_fds(roomd: RoomdProcess) -> int:
+    """Return how many file descriptors the roomd process holds."""
+    return len(os.listdir(f"/proc/{roomd.proc.pid}/fd"))
+
+
+def settled_fds(roomd: RoomdProcess, baseline: int, timeout: float = 5.0) -> int:
+    """Wait (bounded) for roomd's descriptors to fall back to `baseline`; return the count."""
+    deadline = time.monotonic() + timeout
+    while (count := open_fds(roomd)) > baseline and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return count
+
+
+class RawClient:
+    """A WebSocket client on a plain socket (wsproto), able to end in a TCP reset."""
+
+    def __init__(self, roomd: RoomdProcess) -> None:
+        self.sock = socket.create_connection(address(roomd), timeout=5)
+        self.ws = WSConnection(ConnectionType.CLIENT)
+        self.sock.sendall(self.ws.send(Request(host="127.0.0.1", target="/v1")))
+        self.inbox: list[dict[str, object]] = []
+
+    def send(self, message: dict[str, object]) -> None:
+        """Send one JSON message."""
+        self.sock.sendall(self.ws.send(Message(data=json.dumps(message))))
+
+    def recv(self) -> dict[str, object]:
+        """Return the next message (5 s at most)."""
+        while not self.inbox:
+            data = self.sock.recv(65536)
+            assert data, "roomd closed the connection"
+            self.ws.receive_data(data)
+            for event in self.ws.events():
+                if isinstance(event, TextMessage):
+                    self.inbox.append(json.loads(event.data))
+        return self.inbox.pop(0)
+
+    def reset(self) -> None:
+        """Drop the connection with a TCP RST (SO_LINGER 0), as a crashed peer does."""
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.sock.close()
+
+    def close(self) -> None:
+        """Close cleanly: a close frame, then wait for roomd's, then the socket."""
+        self.sock.sendall(self.ws.send(CloseConnection(code=1000)))
+        with contextlib.suppress(OSError):
+            while self.sock.recv(65536):
+                pass
+        self.sock.close()
+
+
+def test_after_a_thousand_lifecycles_the_descriptors_are_back_at_baseline(
+    start_roomd: Start,
+) -> None:
+    """1,000 connect-auth-join-message-leave-close lifecycles, a tenth in RST, leak nothing."""
+    roomd = start_roomd("--max-conns-per-ip", "0", "--rate", "1000", "--burst", "1000")
+    host = WsClient(roomd.url)
+    host.login("host")
+    room_id = host.request({"type": "createChatroom"})["roomId"]
+    baseline = open_fds(roomd)
+    secret_token = token("guest")
+    for index in range(1000):
+        client = RawClient(roomd)
+        assert client.recv()["type"] == "hello"
+        client.send({"type": "auth", "token": secret_token})
+        client.send({"type": "joinChatroom", "roomId": room_id})
+        client.send({"type": "message", "roomId": room_id, "ciphertext": "aGk="})
+        assert [client.recv()["type"] for _ in range(3)] == ["authOk", "joinSuccess", "newMessage"]
+        if index % 10 == 9:
+            client.reset()
+        else:
+            client.send({"type": "leaveChatroom", "roomId": room_id})
+            assert client.recv()["type"] == "leftChatroom"
+            client.close()
+        # The host sees the guest come, speak and go (reason disconnected after a reset).
+        assert host.recv_type("userJoined")["aid"] == "guest"
+        assert host.recv_type("newMessage")["seq"] == index + 1
+        left = host.recv_type("userLeft")
+        assert left["reason"] == ("disconnected" if index % 10 == 9 else "left")
+    assert settled_fds(roomd, baseline) == baseline
+    host.close()
+
+
+# Where the garbage goes: before the request, after the upgrade, after auth.
+STAGES = ("handshake", "upgraded", "authenticated")
+
+
+def test_random_bytes_at_every_stage_never_hurt_roomd_or_an_honest_room(
+    start_roomd: Start,
+) -> None:
+    """Random bytes, then EOF, at every stage: each connection closes, nothing leaks or is lost."""
+    # A high rate: alice speaks once per example, and her bucket is not under test here.
+    roomd = start_roomd(
+        "--max-conns-per-ip", "0", "--handshake-timeout", "2", "--rate", "1000", "--burst", "1000"
+    )
+    alice, bob = WsClient(roomd.url), WsClient(roomd.url)
+    alice.login("alice")
+    room_id = alice.request({"type": "createChatroom"})["roomId"]
+    bob.login("bob")
+    assert bob.request({"type": "joinChatroom", "roomId": room_id})["type"] == "joinSuccess"
+    assert alice.recv_type("userJoined")["aid"] == "bob"
+    baseline = open_fds(roomd)
+    last_seq = 0
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(stage=st.sampled_from(STAGES), garbage=st.binary(min_size=1, max_size=2048))
+    def attack(stage: str, garbage: bytes) -> None:
+        nonlocal last_seq
+        client = RawClient(roomd)
+        if stage != "handshake":
+            assert client.recv()["type"] == "hello"
+            if stage == "authenticated":
+                client.send({"type": "auth", "token": token("mallory")})
+                assert client.recv()["type"] == "authOk"
+        else:  # garbage instead of a request: start over on a bare socket
+            client.sock.close()
+            client.sock = socket.create_connection(address(roomd), timeout=5)
+        with contextlib.suppress(OSError):
+            client.sock.sendall(garbage)
+            client.sock.shutdown(socket.SHUT_WR)  # EOF: nothing more is coming
+        client.sock.settimeout(3)
+        with contextlib.suppress(ConnectionResetError):
+            while client.sock.recv(65536):
+                pass  # roomd answers, then closes: recv returns b"" (or a reset)
+        client.sock.close()
+        assert roomd.proc.poll() is None
+        alice.send({"type": "message", "roomId": room_id, "ciphertext": "aGk="})
+        seq = bob.recv_type("newMessage")["seq"]
+        assert seq == last_seq + 1, "the honest room lost or reordered a message"
+        last_seq = seq
+
+    attack()
+    assert settled_fds(roomd, baseline) == baseline
+    alice.close()
+    bob.close()
