@@ -11,6 +11,7 @@ import os
 import resource
 import socket
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,8 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import CloseConnection, Message, Request, TextMessage
-from wsproto.frame_protocol import FrameProtocol
+from wsproto.events import CloseConnection, Message, Ping, Request, TextMessage
+from wsproto.frame_protocol import FrameProtocol, Opcode
 
 from .e2e_support import RoomdProcess, WsClient, roomd_processes, token
 
@@ -283,5 +284,69 @@ def test_random_bytes_at_every_stage_never_hurt_roomd_or_an_honest_room(
 
     attack()
     assert settled_fds(roomd, baseline) == baseline
+    alice.close()
+    bob.close()
+
+
+def test_a_ping_flood_ends_in_4004_while_an_honest_room_stays_fast(start_roomd: Start) -> None:
+    """20,000 pings over 32 s get only what the bucket allows, then 4004; p99 stays < 100 ms."""
+    roomd = start_roomd()
+    alice, bob = WsClient(roomd.url), WsClient(roomd.url)
+    alice.login("alice")
+    room_id = alice.request({"type": "createChatroom"})["roomId"]
+    bob.login("bob")
+    assert bob.request({"type": "joinChatroom", "roomId": room_id})["type"] == "joinSuccess"
+    flooder = RawClient(roomd)
+    assert flooder.recv()["type"] == "hello"
+    flooder.send({"type": "auth", "token": token("flooder")})
+    assert flooder.recv()["type"] == "authOk"
+    ping = flooder.ws.send(Ping(b"flood"))
+    outcome: dict[str, object] = {}
+
+    def flood() -> None:
+        frames = FrameProtocol(client=True, extensions=[])
+        pongs, code, sent = 0, None, 0
+        flooder.sock.settimeout(0.001)
+        start = time.monotonic()
+        while code is None and time.monotonic() - start < 40 and sent < 40_000:
+            with contextlib.suppress(OSError):
+                flooder.sock.sendall(ping * 25)
+                sent += 25
+            time.sleep(0.035)
+            try:
+                data = flooder.sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            if not data:
+                break
+            frames.receive_bytes(data)
+            for frame in frames.received_frames():
+                if frame.opcode is Opcode.PONG:
+                    pongs += 1
+                elif frame.opcode is Opcode.CLOSE:
+                    code = frame.payload[0]
+        outcome.update(pongs=pongs, code=code, sent=sent, seconds=time.monotonic() - start)
+
+    flooding = threading.Thread(target=flood)
+    flooding.start()
+    latencies = []
+    while flooding.is_alive() and len(latencies) < 400:
+        sent_at = time.monotonic()
+        alice.send({"type": "message", "roomId": room_id, "ciphertext": "aGk="})
+        assert bob.recv_type("newMessage")["type"] == "newMessage"
+        latencies.append(time.monotonic() - sent_at)
+        assert alice.recv_type("newMessage")["type"] == "newMessage"
+        time.sleep(0.1)
+    flooding.join(15)
+    flooder.sock.close()
+    assert outcome["code"] == 4004, outcome
+    assert isinstance(outcome["sent"], int) and outcome["sent"] >= 20_000
+    seconds = outcome["seconds"]
+    assert isinstance(seconds, float) and isinstance(outcome["pongs"], int)
+    assert outcome["pongs"] <= 30 + 10 * seconds + 5  # burst, then the drain rate
+    latencies.sort()
+    assert latencies[int(len(latencies) * 0.99) - 1] < 0.1, latencies[-5:]
     alice.close()
     bob.close()
