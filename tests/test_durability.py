@@ -129,13 +129,19 @@ async def test_room_whose_ttl_ran_out_while_down_is_gone_at_start(
             assert reply["code"] == "notFound"
 
 
-async def _room_with_a_member_at_a_crash(store: RoomStore, wall: Callable[[], int]) -> str:
-    """Run roomd with alice in a room for an hour, then cancel it (a crash, not a stop)."""
+async def _crashed_with_a_member() -> tuple[MemoryRoomStore, Callable[[], int], str, int]:
+    """Run roomd with alice in a room for an hour, then cancel it (a crash, not a stop).
+
+    Returns the store, the wall clock, the room id and roomd's last alive mark,
+    at most a minute before the crash.
+    """
+    store, wall = MemoryRoomStore(), _mock_wall()
     async with running_server(store=store, wall_ms=wall) as h:
         room_id, (alice,) = await h.open_room("alice", ttl=DAY)
         assert await alice.listen(3600) == []  # answering pings
     assert store.records[room_id].empty_since is None  # it had a member when roomd died
-    return room_id
+    assert store.alive_ms is not None and wall() - store.alive_ms <= 60_000
+    return store, wall, room_id, store.alive_ms
 
 
 async def test_a_room_with_members_at_a_crash_expires_from_when_roomd_was_last_alive(
@@ -143,10 +149,7 @@ async def test_a_room_with_members_at_a_crash_expires_from_when_roomd_was_last_a
 ) -> None:
     """roomd dead for longer than the ttl: the room that had members is deleted at start."""
     with trio.fail_after(3 * DAY):
-        store = MemoryRoomStore()
-        wall = _mock_wall()
-        room_id = await _room_with_a_member_at_a_crash(store, wall)
-        assert store.alive_ms is not None and wall() - store.alive_ms <= 60_000
+        store, wall, room_id, _ = await _crashed_with_a_member()
         await trio.sleep(DAY)  # down for the whole ttl
         async with _server_on(store, wall) as h:
             assert h.registry.get(room_id) is None
@@ -158,11 +161,7 @@ async def test_a_room_with_members_at_a_crash_counts_down_from_the_last_alive_ma
 ) -> None:
     """Down for less than the ttl: the room is back and expires ttl after the last mark."""
     with trio.fail_after(3 * DAY):
-        store = MemoryRoomStore()
-        wall = _mock_wall()
-        room_id = await _room_with_a_member_at_a_crash(store, wall)
-        assert store.alive_ms is not None
-        died_ms = store.alive_ms
+        store, wall, room_id, died_ms = await _crashed_with_a_member()
         await trio.sleep(DAY / 2)
         async with _server_on(store, wall) as h:
             assert h.registry.get(room_id) is not None
