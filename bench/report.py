@@ -110,6 +110,15 @@ def merge(name: str, settings: dict[str, Any], shards: list[dict[str, Any]]) -> 
         }
         if server_cpu is not None and done:
             result["server_us_per_lifecycle"] = round(server_cpu * 1e6 / done, 1)
+    if "soak_samples" in extra[0]:  # soak: the server's resources over time (leader's view)
+        samples = extra[0]["soak_samples"]
+        result["soak_samples"] = samples
+        result["lifecycles"] = sum(e["soak_lifecycles"] for e in extra)
+        if len(samples) >= 3:
+            # Warm-up: the first sample is taken as the load starts; judge from the second.
+            rss = [s["rss"] for s in samples[1:]]
+            result["soak_rss_growth_after_warmup"] = round(rss[-1] / rss[0] - 1, 4)
+            result["soak_fds_max"] = max(s["fds"] for s in samples)
     if "offered_msgs_per_s" in extra[0]:
         result["offered_msgs_per_s"] = extra[0]["offered_msgs_per_s"]
         result["messages_sent"] = extra[0]["count"]
@@ -167,6 +176,14 @@ def table(results: list[dict[str, Any]]) -> str:
             detail.append(
                 f"lifecycles {r['lifecycles']}/{r['lifecycles_started']}, "
                 f"p50 {r['lifecycle_ms']['p50']} ms p99 {r['lifecycle_ms']['p99']} ms"
+            )
+        if r.get("soak_samples"):
+            first, last = r["soak_samples"][0], r["soak_samples"][-1]
+            detail.append(
+                f"soak RSS {first['rss'] / 2**20:.1f} -> {last['rss'] / 2**20:.1f} MiB "
+                f"(after warm-up {_fmt(r.get('soak_rss_growth_after_warmup'), '+.1%')}), "
+                f"fds {first['fds']} -> {last['fds']} (max {r.get('soak_fds_max')}), "
+                f"lifecycles {r['lifecycles']}"
             )
         detail.append(
             f"srv cpu {_fmt(r['server_cpu_s'], '.2f')}s gen cpu {r['generator_cpu_s']:.2f}s"

@@ -26,7 +26,7 @@ from typing import Any
 import attrs
 import trio
 
-from bench import report, scenarios
+from bench import report, scenarios, soak
 from bench.client import Target
 from bench.coord import Coordinator
 from bench.measure import machine, raise_open_file_limit, versions
@@ -44,6 +44,11 @@ SUITE: dict[str, tuple[str, dict[str, Any]]] = {
     "idle": ("idle", {"connections": 10_000, "size": 10, "hold": 20.0}),
     "churn": ("churn", {"rate": 100.0, "duration": 10.0, "rooms": 20}),
 }
+# Variants run only when named (`just bench soak`): too long for the standard suite.
+ON_REQUEST: dict[str, tuple[str, dict[str, Any]]] = {
+    "soak": ("soak", {"duration": 600.0}),
+}
+VARIANTS = {**SUITE, **ON_REQUEST}
 
 SERVER_FLAGS = [
     "--host", "127.0.0.1", "--port", "0", "--store", "memory", "--no-api",
@@ -59,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "scenarios",
         nargs="*",
-        help=f"scenario (fanout, rooms, idle, churn) or variant ({', '.join(SUITE)}); "
+        help=f"scenario (fanout, rooms, idle, churn, soak) or variant ({', '.join(VARIANTS)}); "
         "none: the standard suite",
     )
     parser.add_argument("--url", help="use this server (ws://host:port/v1) instead of starting one")
@@ -80,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a scenario setting, e.g. --set members=100 --set hold=5",
     )
+    parser.add_argument(
+        "--duration", type=float, help="seconds of load (the same as --set duration=...)"
+    )
     parser.add_argument("--server-arg", action="append", default=[], help="extra roomd flag")
     parser.add_argument("--no-write", action="store_true", help="do not write bench/results")
     return parser
@@ -91,9 +99,9 @@ def select(names: list[str]) -> list[str]:
         return list(SUITE)
     chosen: list[str] = []
     for name in names:
-        matches = [v for v, (scenario, _) in SUITE.items() if name in (v, scenario)]
+        matches = [v for v, (scenario, _) in VARIANTS.items() if name in (v, scenario)]
         if not matches:
-            raise SystemExit(f"unknown scenario {name!r}; known: {', '.join(SUITE)}")
+            raise SystemExit(f"unknown scenario {name!r}; known: {', '.join(VARIANTS)}")
         chosen += [m for m in matches if m not in chosen]
     return chosen
 
@@ -173,7 +181,9 @@ def _read_listening(process: subprocess.Popen[str]) -> str:
 
 
 def _scenario(name: str) -> scenarios.Scenario:
-    return getattr(scenarios, SUITE[name][0])  # type: ignore[no-any-return]
+    if VARIANTS[name][0] == "soak":
+        return soak.soak
+    return getattr(scenarios, VARIANTS[name][0])  # type: ignore[no-any-return]
 
 
 def _run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -256,12 +266,14 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--url needs --token-secret")
     fd_limit = raise_open_file_limit()  # the server child inherits it too
     overrides = parse_overrides(args.set)
+    if args.duration is not None:
+        overrides["duration"] = args.duration
     names = select(args.scenarios)
     started = time.time()
     results = []
     server_argv: list[str] | None = None
     for name in names:
-        defaults = SUITE[name][1]
+        defaults = VARIANTS[name][1]
         settings = {**defaults, **{k: v for k, v in overrides.items() if k in _params(name)}}
         print(f"{name}: {settings}", file=sys.stderr, flush=True)
         if args.url:
