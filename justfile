@@ -22,7 +22,7 @@ token AID: _venv
     {{py}} -m pip install -q -e .
     {{venv}}/bin/roomd token {{AID}} --data-dir ./roomd-data
 
-# Run the benchmark suite (fresh roomd per scenario), or one: fanout, rooms, idle, churn.
+# Run the benchmark suite (fresh roomd per scenario), or one: fanout, rooms, idle, churn, soak (10 min, on request only).
 bench *ARGS: _venv
     {{py}} -m pip install -q -e .
     {{py}} -m bench {{ARGS}}
