@@ -26,6 +26,7 @@ from wsproto.utilities import RemoteProtocolError
 
 from roomd.core.admission import Admission, Rejection, Slot, client_ip
 from roomd.core.codec import JSON, Codec, choose_codec
+from roomd.core.refusal import RefusalLog
 from roomd.core.stats import Stats
 
 log = logging.getLogger("roomd.handshake")
@@ -42,6 +43,19 @@ def header_values(request: Request, name: bytes) -> list[str]:
     return [
         value.decode("latin-1") for header, value in request.extra_headers if header.lower() == name
     ]
+
+
+def log_refusal(refusals: RefusalLog, rejection: Rejection, ip: str) -> None:
+    """Log a refused handshake the first time its cause comes up, then once a minute."""
+    count = refusals.note(rejection.label, trio.current_time())
+    if count is not None:
+        log.info(
+            "refused %d handshake(s): %s (HTTP %d), latest from ip=%s",
+            count,
+            rejection.label,
+            rejection.status,
+            ip,
+        )
 
 
 def refusal(rejection: Rejection, status: int | None = None) -> bytes:
@@ -112,6 +126,7 @@ async def upgrade(
     handshake_timeout: float,
     admission: Admission,
     stats: Stats,
+    refusals: RefusalLog,
 ) -> Upgraded | None:
     """Read the upgrade request and answer it; None when it was refused or never came.
 
@@ -126,6 +141,7 @@ async def upgrade(
             raw = await _read_request(stream, parser)
         except h11.RemoteProtocolError:
             stats.handshakes_rejected[Rejection.BAD_REQUEST] += 1
+            log_refusal(refusals, Rejection.BAD_REQUEST, peer)
             await reject(stream, Rejection.BAD_REQUEST)
             return None
     if raw is None:
@@ -138,6 +154,7 @@ async def upgrade(
         (request,) = [event for event in handshake.events() if isinstance(event, Request)]
     except RemoteProtocolError as exc:
         stats.handshakes_rejected[Rejection.BAD_REQUEST] += 1
+        log_refusal(refusals, Rejection.BAD_REQUEST, peer)
         hint = exc.event_hint
         status = hint.status_code if isinstance(hint, RejectConnection) else 400
         await reject(stream, Rejection.BAD_REQUEST, status=status)
@@ -147,7 +164,8 @@ async def upgrade(
     ip = client_ip(peer, forwarded, admission.trusted_proxies)
     rejection = admission.check(slot, request.target, origin, ip)
     if rejection is not None:
-        log.info("conn %d rejected: HTTP %d ip=%s", conn_id, rejection.status, ip)
+        log.debug("conn %d rejected: HTTP %d ip=%s", conn_id, rejection.status, ip)
+        log_refusal(refusals, rejection, ip)
         stats.handshakes_rejected[rejection] += 1
         await reject(stream, rejection)
         return None

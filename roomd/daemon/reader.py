@@ -47,9 +47,10 @@ from roomd.core.connection import (
     SendPong,
     ToRoom,
 )
+from roomd.core.refusal import RefusalLog
 from roomd.core.room import room_tag
 from roomd.core.stats import Stats
-from roomd.daemon.handshake import RECEIVE_SIZE, refuse_at_first_bytes, upgrade
+from roomd.daemon.handshake import RECEIVE_SIZE, log_refusal, refuse_at_first_bytes, upgrade
 from roomd.daemon.outbox import Flusher, socket_fd
 from roomd.daemon.registry import RoomHandle, RoomRegistry
 from roomd.daemon.room_loop import Act, Command, Disconnect, Join
@@ -76,6 +77,8 @@ class ConnectionContext:
     close_timeout: float
     send_queue: int
     admission: Admission
+    # When refused handshakes are worth a log line.
+    refusals: RefusalLog
     stats: Stats
     flusher: Flusher
     # Where connection tasks and their outboxes' writers run.
@@ -98,6 +101,7 @@ async def serve_connection(context: ConnectionContext, stream: trio.abc.Stream, 
         if isinstance(slot, Rejection):
             context.stats.handshakes_rejected[slot] += 1
             log.debug("conn %d refused at accept: HTTP %d ip=%s", conn_id, slot.status, peer)
+            log_refusal(context.refusals, slot, peer)
             await refuse_at_first_bytes(stream, slot, context.handshake_timeout)
             return
         try:
@@ -109,6 +113,7 @@ async def serve_connection(context: ConnectionContext, stream: trio.abc.Stream, 
                 handshake_timeout=context.handshake_timeout,
                 admission=admission,
                 stats=context.stats,
+                refusals=context.refusals,
             )
             if upgraded is not None:
                 reader = Reader(context, stream, upgraded.ws, conn_id)

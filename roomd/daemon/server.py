@@ -37,6 +37,7 @@ from roomd.config import Config
 from roomd.core.admission import Admission
 from roomd.core.expiry import alive_mark_interval
 from roomd.core.quota import RoomQuota
+from roomd.core.refusal import RefusalLog
 from roomd.core.stats import Stats
 from roomd.daemon.bus import BusEvent, EventBus, LocalEventBus
 from roomd.daemon.control import RoomControl
@@ -175,6 +176,7 @@ class Server:
                     close_timeout=config.close_timeout,
                     send_queue=config.send_queue,
                     admission=admission,
+                    refusals=RefusalLog(),
                     stats=self.stats,
                     flusher=flusher,
                     nursery=connections,
