@@ -175,17 +175,46 @@ async def rooms(
         clients = [c for members in by_room.values() for c in members]
         complete = await run.settle_when_complete(finals, clients)
         measured.stop()
-        missing = sum(
-            c.views[room].missing_from(sent[room])
-            for room, members in by_room.items()
-            for c in members
-            if room in c.views
-        )
+        missing = missing_from_senders(by_room, sent)
         run.say(f"{sum(finals.values())} messages sent, complete: {complete}")
         await coord.sync()
         await _close_all(run, clients)
         nursery.cancel_scope.cancel()
     return shard_result(run, measured, missing_from_senders=missing)
+
+
+def missing_from_senders(by_room: dict[str, list[Client]], sent: dict[str, dict[int, int]]) -> int:
+    """Return how many of the messages each sender sent its room some member never saw."""
+    return sum(
+        c.views[room].missing_from(sent[room])
+        for room, members in by_room.items()
+        for c in members
+        if room in c.views
+    )
+
+
+async def lifecycle(run: Run, index: int, room: str, sent: dict[str, int]) -> bool:
+    """Run one client lifecycle into `room`: connect, auth, join, message, leave, close.
+
+    Counts its message in `sent[room]`; returns False (the error counted) when
+    it could not connect or took over 30 s.
+    """
+    try:
+        with trio.fail_after(30):
+            async with trio.open_nursery() as own:
+                client = await run.login(own, index)
+                await run.join(client, room)
+                sent[room] += 1
+                await client.send_bytes(run.message(client, room, 1))
+                await client.wait_echo(1)
+                reply = await client.request({"type": "leaveChatroom", "roomId": room})
+                if reply["type"] != "leftChatroom":
+                    run.sink.errors[f"leave: {reply.get('code')}"] += 1
+                await client.close()
+    except CONNECT_ERRORS as exc:
+        run.sink.errors[f"lifecycle: {type(exc).__name__}"] += 1
+        return False
+    return True
 
 
 async def _act(
@@ -319,24 +348,11 @@ async def churn(
         run.say(f"{rate:.0f} lifecycles/s for {duration}s into {rooms} rooms")
         in_flight = trio.CapacityLimiter(max_in_flight)
 
-        async def lifecycle(k: int) -> None:
-            room = room_ids[k % my_rooms]
+        async def one_lifecycle(k: int) -> None:
             started = time.perf_counter_ns()
             try:
-                with trio.fail_after(30):
-                    async with trio.open_nursery() as own:
-                        client = await run.login(own, base + my_rooms + k)
-                        await run.join(client, room)
-                        sent[room] += 1
-                        await client.send_bytes(run.message(client, room, 1))
-                        await client.wait_echo(1)
-                        reply = await client.request({"type": "leaveChatroom", "roomId": room})
-                        if reply["type"] != "leftChatroom":
-                            run.sink.errors[f"leave: {reply.get('code')}"] += 1
-                        await client.close()
-                cycle_ns.append(time.perf_counter_ns() - started)
-            except CONNECT_ERRORS as exc:
-                run.sink.errors[f"lifecycle: {type(exc).__name__}"] += 1
+                if await lifecycle(run, base + my_rooms + k, room_ids[k % my_rooms], sent):
+                    cycle_ns.append(time.perf_counter_ns() - started)
             finally:
                 in_flight.release_on_behalf_of(k)
 
@@ -347,7 +363,7 @@ async def churn(
             for k in range(total):
                 await trio.sleep_until(start + k / my_rate)
                 await in_flight.acquire_on_behalf_of(k)
-                cycles.start_soon(lifecycle, k)
+                cycles.start_soon(one_lifecycle, k)
                 if k and k % 500 == 0:
                     run.say(f"{k} lifecycles started, {len(cycle_ns)} done")
         complete = await run.settle_when_complete(dict(sent), anchors)

@@ -9,7 +9,6 @@ descriptors are read: flat after warm-up means nothing accumulates.
 from __future__ import annotations
 
 import os
-import time
 from collections import defaultdict
 from typing import Any
 
@@ -17,7 +16,7 @@ import trio
 
 from bench.client import Client
 from bench.measure import proc_rss_bytes
-from bench.scenarios import CONNECT_ERRORS, _act, _close_all, _login_all
+from bench.scenarios import _act, _close_all, _login_all, lifecycle, missing_from_senders
 from bench.session import Run, Window, shard_result
 
 
@@ -72,22 +71,10 @@ async def soak(
                 run.say(f"soak t={elapsed:.0f}s rss={rss / 2**20:.1f} MiB fds={fds}")
                 await trio.sleep(sample_every)
 
-        async def lifecycle(k: int) -> None:
+        async def one_lifecycle(k: int) -> None:
             nonlocal lifecycles
-            room = anchored[k % len(anchored)]
-            try:
-                with trio.fail_after(30):
-                    async with trio.open_nursery() as own:
-                        client = await run.login(own, base + 1000 + k)
-                        await run.join(client, room)
-                        churned[room] += 1
-                        await client.send_bytes(run.message(client, room, 1))
-                        await client.wait_echo(1)
-                        await client.request({"type": "leaveChatroom", "roomId": room})
-                        await client.close()
+            if await lifecycle(run, base + 1000 + k, anchored[k % len(anchored)], churned):
                 lifecycles += 1
-            except CONNECT_ERRORS as exc:
-                run.sink.errors[f"lifecycle: {type(exc).__name__}"] += 1
 
         async with trio.open_nursery() as load:
             load.start_soon(sample)
@@ -98,29 +85,22 @@ async def soak(
             k = 0
             while start + k / my_rate < end:
                 await trio.sleep_until(start + k / my_rate)
-                load.start_soon(lifecycle, k)
+                load.start_soon(one_lifecycle, k)
                 k += 1
         finals = {room: sum(per_sender.values()) for room, per_sender in sent.items()}
         finals.update(churned)
         everyone = [c for clients in members.values() for c in clients] + anchors
         complete = await run.settle_when_complete(finals, everyone)
         measured.stop()
-        missing = sum(
-            c.views[room].missing_from(sent[room])
-            for room, clients in members.items()
-            for c in clients
-            if room in c.views
-        )
+        missing = missing_from_senders(members, sent)
         run.say(f"soak: {lifecycles}/{k} lifecycles, complete: {complete}")
         await coord.sync()
         await _close_all(run, everyone)
         nursery.cancel_scope.cancel()
-    started_at = time.time() - duration
     return shard_result(
         run,
         measured,
         missing_from_senders=missing,
         soak_samples=samples,
         soak_lifecycles=lifecycles,
-        soak_started_unix=round(started_at),
     )
