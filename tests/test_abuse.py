@@ -10,6 +10,7 @@ import json
 import os
 import resource
 import socket
+import sqlite3
 import struct
 import threading
 import time
@@ -353,3 +354,85 @@ def test_a_ping_flood_ends_in_4004_while_an_honest_room_stays_fast(start_roomd: 
     assert latencies[int(len(latencies) * 0.99) - 1] < 0.1, latencies[-5:]
     alice.close()
     bob.close()
+
+
+def rss_kib(roomd: RoomdProcess) -> int:
+    """Return the resident memory of the roomd process, in KiB."""
+    status = Path(f"/proc/{roomd.proc.pid}/status").read_text()
+    (line,) = [line for line in status.splitlines() if line.startswith("VmRSS:")]
+    return int(line.split()[1])
+
+
+def create_and_leave(client: RawClient, count: int) -> list[str]:
+    """Create `count` rooms as `client` and leave each at once; return their ids.
+
+    32 creations to a write, then 32 leaves: a connection is in 32 rooms at most.
+    """
+    made: list[str] = []
+    while len(made) < count:
+        batch = min(32, count - len(made))
+        creates = [{"type": "createChatroom", "id": n} for n in range(batch)]
+        client.sock.sendall(b"".join(client.ws.send(Message(json.dumps(m))) for m in creates))
+        ids = []
+        while len(ids) < batch:
+            reply = client.recv()
+            assert reply["type"] in {"joinSuccess", "hostUpdated"}, reply
+            if reply["type"] == "joinSuccess":
+                ids.append(str(reply["roomId"]))
+        leaves = [{"type": "leaveChatroom", "roomId": room_id} for room_id in ids]
+        client.sock.sendall(b"".join(client.ws.send(Message(json.dumps(m))) for m in leaves))
+        left = 0
+        while left < batch:
+            left += client.recv()["type"] == "leftChatroom"
+        made += ids
+    return made
+
+
+def seed_empty_rooms(data_dir: Path, count: int) -> list[str]:
+    """Add `count` empty rooms to the SQLite store of `data_dir`, as roomd stores them."""
+    now_ms = int(time.time() * 1000)
+    rows = [
+        (f"seeded-{n:05}", f"aid-{n % 500}", os.urandom(120), now_ms, now_ms, 7)
+        for n in range(count)
+    ]
+    with contextlib.closing(sqlite3.connect(data_dir / "rooms.sqlite3")) as db, db:
+        db.executemany(
+            "INSERT INTO rooms (room_id, host, encrypted_room_key, created_at, empty_since,"
+            " seq_reserved) VALUES (?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+    return [row[0] for row in rows]
+
+
+def test_twenty_thousand_empty_rooms_cost_at_most_20_mb_and_come_back_on_join(
+    start_roomd: Start, tmp_path: Path
+) -> None:
+    """Empty rooms cost under 1 KiB each, made over WebSocket or restored, and wake on join."""
+    data_dir = tmp_path / "rooms"
+    data_dir.mkdir()
+    roomd = start_roomd(
+        "--max-rooms-per-aid", "0", "--rate", "1e6", "--burst", "1e6", data_dir=data_dir
+    )
+    creator = RawClient(roomd)
+    assert creator.recv()["type"] == "hello"
+    creator.send({"type": "auth", "token": token("creator")})
+    assert creator.recv()["type"] == "authOk"
+    baseline = rss_kib(roomd)
+    create_and_leave(creator, 256)  # warm-up: the first rooms grow the process's pools
+    before = rss_kib(roomd)
+    made = create_and_leave(creator, 2016)
+    assert rss_kib(roomd) - before <= 2016, (before, rss_kib(roomd))  # 1 KiB a room
+    creator.close()
+    roomd.stop()
+    seeded = seed_empty_rooms(data_dir, 20_000 - 256 - 2016)
+    roomd = start_roomd(data_dir=data_dir)
+    guest = WsClient(roomd.url)
+    guest.login("guest")
+    assert rss_kib(roomd) - baseline <= 20 * 1024, (baseline, rss_kib(roomd))
+    # Back on join, where each left off: a made room never spoke, a seeded one had 7.
+    for room_id, last_seq in ((made[-1], 0), (seeded[-1], 7)):
+        joined = guest.request({"type": "joinChatroom", "roomId": room_id})
+        assert (joined["type"], joined["lastSeq"]) == ("joinSuccess", last_seq), joined
+        guest.send({"type": "message", "roomId": room_id, "ciphertext": "aGk="})
+        assert guest.recv_type("newMessage")["seq"] == last_seq + 1
+    guest.close()

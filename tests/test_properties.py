@@ -432,7 +432,7 @@ async def _assert_room_intact(
     assert joined["host"] == "alice" and joined["lastSeq"] == last_seq + 1
     expected = ["alice", *(["bob"] if others else []), "carol"]
     assert [member["aid"] for member in joined["members"]] == expected
-    assert list(h.registry.rooms) == [room]
+    assert h.registry.room_ids() == [room]
 
 
 async def _bad_frames_scenario(codec: str, data: st.DataObject) -> None:

@@ -169,8 +169,8 @@ def build_app(
 
         return endpoint
 
-    def room_or_404(room_id: str) -> Room:
-        room = rooms.room(room_id)
+    async def room_or_404(room_id: str) -> Room:
+        room = await rooms.room(room_id)
         if room is None:
             raise ApiError(ErrorCode.NOT_FOUND, f"no room '{room_id}'")
         return room
@@ -208,21 +208,25 @@ def build_app(
         limit = _query_int(request, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
         after = request.query_params.get("after", "")
         ids = [room_id for room_id in rooms.room_ids() if room_id > after]
-        page = [room for room in map(rooms.room, ids[:limit]) if room is not None]
+        page = []
+        for room_id in ids[:limit]:
+            room = await rooms.room(room_id)
+            if room is not None:  # deleted since the ids were listed
+                page.append(room)
         next_after = ids[limit - 1] if len(ids) > limit else None
         return json_response({"rooms": [room_summary(room) for room in page], "next": next_after})
 
     async def get_room(request: Request) -> Response:
-        return json_response(room_detail(room_or_404(request.path_params["room_id"])))
+        return json_response(room_detail(await room_or_404(request.path_params["room_id"])))
 
     async def delete_room(request: Request) -> Response:
         room_id = request.path_params["room_id"]
-        room_or_404(room_id)
+        await room_or_404(room_id)
         await rooms.delete_room(room_id)
         return Response(status_code=204)
 
     async def kick(request: Request) -> Response:
-        room = room_or_404(request.path_params["room_id"])
+        room = await room_or_404(request.path_params["room_id"])
         body = await read_json_object(request)
         if "aid" not in body:
             raise ApiError(ErrorCode.BAD_REQUEST, "field 'aid' is missing")

@@ -32,7 +32,7 @@ class RoomdCollector(Collector):
         stats = self._stats
         live = self._live_counts()
         yield _gauge("roomd_connections_open", "Open WebSocket connections.", live.connections)
-        yield _gauge("roomd_rooms", "Live rooms.", live.rooms)
+        yield _gauge("roomd_rooms", "Rooms on this node (with members or dormant).", live.rooms)
         yield _gauge("roomd_members", "AIDs present in rooms, summed over rooms.", live.members)
         yield _counter(
             "roomd_messages_in", "Client frames accepted for processing.", stats.frames_in

@@ -21,16 +21,16 @@ class RoomService(Protocol):
         """True once shutdown began (`/healthz` answers 503)."""
         ...
 
-    def room(self, room_id: str) -> Room | None:
-        """Return the live room `room_id`, or None."""
+    async def room(self, room_id: str) -> Room | None:
+        """Return the room `room_id` (with no members when nobody is in it), or None."""
         ...
 
     def room_ids(self) -> list[str]:
-        """Return the ids of every live room, sorted."""
+        """Return the ids of every room, sorted."""
         ...
 
     def live_counts(self) -> LiveCounts:
-        """Return how many connections, rooms and members are live now."""
+        """Return how many connections, rooms and members there are now."""
         ...
 
     async def create_room(

@@ -177,7 +177,7 @@ class Room:
         return (self.host, self.encrypted_room_key, self.empty_since, self.seq_reserved)
 
     def settle_seq(self) -> None:
-        """Lower the reservation to the last seq sent (before a clean stop, then save)."""
+        """Lower the reservation to the last seq sent (the room empties or stops; then save)."""
         self.seq_reserved = self.seq
 
     # -- queries ---------------------------------------------------------------

@@ -1,9 +1,10 @@
 """What the server API may do to this node's rooms (the API's `RoomService`).
 
-Reads are direct: the API runs on the same trio loop, so it sees live room
-state. Changes go where a client's would: creation through the registry,
-deletions and kicks through the event bus into the room's loop, so they are
-ordered with everything else the room does.
+Reads are direct: the API runs on the same trio loop, so it sees a live room's
+state as it is; a dormant room is read back from the store. Changes go where a
+client's would: creation through the registry, deletions and kicks through the
+event bus into the room's loop, so they are ordered with everything else the
+room does.
 """
 
 from __future__ import annotations
@@ -36,37 +37,32 @@ class RoomControl:
         """True once shutdown began: the node takes no new connections."""
         return self.admission.draining
 
-    def room(self, room_id: str) -> Room | None:
-        """Return the live room `room_id`, or None."""
-        handle = self.registry.get(room_id)
-        return None if handle is None else handle.room
+    async def room(self, room_id: str) -> Room | None:
+        """Return the room `room_id` (live, or dormant as stored), or None."""
+        return await self.registry.read(room_id)
 
     def room_ids(self) -> list[str]:
-        """Return the ids of every live room, sorted."""
-        return sorted(self.registry.rooms)
+        """Return the ids of every room, sorted."""
+        return self.registry.room_ids()
 
     def live_counts(self) -> LiveCounts:
-        """Return how many connections, rooms and members are live now."""
-        rooms = self.registry.rooms.values()
-        members = sum(len(handle.room.members) for handle in rooms)
-        return LiveCounts(len(self.sessions.open), len(self.registry.rooms), members)
+        """Return how many connections, rooms and members there are now."""
+        members = sum(len(handle.room.members) for handle in self.registry.live.values())
+        return LiveCounts(len(self.sessions.open), len(self.registry), members)
 
     async def create_room(
         self, *, room_id: str | None, host: str | None, encrypted_room_key: bytes | None
     ) -> Room | None:
         """Create an empty room; None when `room_id` is taken."""
-        handle = await self.registry.create(
+        return await self.registry.create(
             room_id=room_id, host=host, encrypted_room_key=encrypted_room_key, by_api=True
         )
-        return None if handle is None else handle.room
 
     async def delete_room(self, room_id: str) -> None:
         """Delete a room through the bus and wait (bounded) until it is gone here."""
-        handle = self.registry.get(room_id)
         await self.bus.publish(Delete(room_id))
-        if handle is not None:
-            with trio.move_on_after(DELETE_WAIT):
-                await handle.ended.wait()
+        with trio.move_on_after(DELETE_WAIT):
+            await self.registry.wait_deleted(room_id)
 
     async def kick(self, room_id: str, aid: str) -> None:
         """Remove every connection of `aid` from a room, through the bus."""

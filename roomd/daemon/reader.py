@@ -52,7 +52,7 @@ from roomd.core.room import room_tag
 from roomd.core.stats import Stats
 from roomd.daemon.handshake import RECEIVE_SIZE, log_refusal, refuse_at_first_bytes, upgrade
 from roomd.daemon.outbox import Flusher, socket_fd
-from roomd.daemon.registry import RoomHandle, RoomRegistry
+from roomd.daemon.registry import RoomRegistry
 from roomd.daemon.room_loop import Act, Command, Disconnect, Join
 from roomd.daemon.session import Session, Sessions
 from roomd.errors import CloseCode, ProtocolError
@@ -227,9 +227,9 @@ class Reader:
         """
         reason = session.connection.leave_reason
         for room_id in session.connection.member_of:
-            handle = self.context.registry.get(room_id)
+            handle = self.context.registry.live.get(room_id)
             if handle is None:
-                continue
+                continue  # deleted meanwhile (a member's room is never dormant)
             command = Disconnect(session, reason)
             try:
                 handle.inbox_send.send_nowait(command)
@@ -305,7 +305,7 @@ class Reader:
                         payload,
                         trio.current_time(),
                         self.context.wall_ms(),
-                        self.context.registry.rooms,
+                        self.context.registry,
                     )
                     for action in actions:
                         await self._carry_out(session, action)
@@ -343,13 +343,13 @@ class Reader:
                 await self._to_room(session, action, Join(session, aid, public_key, request_id))
             case CreateRoom(aid, encrypted_room_key, _, _):
                 try:
-                    handle = await self.context.registry.create(
+                    room = await self.context.registry.create(
                         host=aid, encrypted_room_key=encrypted_room_key
                     )
                 except ProtocolError as exc:
                     await self._carry_out(session, session.connection.room_refused(action, exc))
                     return
-                created = None if handle is None else handle.room_id
+                created = None if room is None else room.room_id
                 await self._carry_out(session, session.connection.room_created(action, created))
             case Authenticated(aid, reply, renewed):
                 if not renewed:
@@ -363,16 +363,23 @@ class Reader:
                 session.close(code)
 
     async def _to_room(self, session: Session, action: JoinRoom | ToRoom, command: Command) -> None:
-        handle: RoomHandle | None = self.context.registry.get(action.room_id)
-        try:
+        registry = self.context.registry
+        while True:
+            handle = registry.live.get(action.room_id)
             if handle is None:
-                raise trio.BrokenResourceError
-            # Without a checkpoint when the inbox has room: the reader then hands a
-            # whole chunk of frames to the room in one scheduler turn, and the room
-            # and the writers handle them as one batch (one write per member).
+                # Only a join finds its room dormant (a member's room is live).
+                handle = await registry.wake(action.room_id)
+                if handle is None:
+                    break
             try:
-                handle.inbox_send.send_nowait(command)
-            except trio.WouldBlock:
-                await handle.inbox_send.send(command)
-        except trio.BrokenResourceError:
-            await self._carry_out(session, session.connection.room_gone(action))
+                # Without a checkpoint when the inbox has room: the reader then hands a
+                # whole chunk of frames to the room in one scheduler turn, and the room
+                # and the writers handle them as one batch (one write per member).
+                try:
+                    handle.inbox_send.send_nowait(command)
+                except trio.WouldBlock:
+                    await handle.inbox_send.send(command)
+                return
+            except trio.BrokenResourceError:
+                continue  # the loop ended meanwhile: deleted, or dormant and to be woken
+        await self._carry_out(session, session.connection.room_gone(action))

@@ -2,12 +2,11 @@
 
 The loop takes commands from the room's inbox (a bounded memory channel),
 applies them to the core `Room` and carries out the effects in order, so all of
-a room's state changes happen in this one task and need no locks. It waits for
-each command inside an `expiry_scope` whose deadline is the core `Expiry`'s:
-`room_ttl` after the room became empty, +inf while it has members. When it
-fires, the room is deleted with reason `expired`. A fresh scope per wait means
-a deadline can only fire while the loop is idle, never halfway through applying
-a command.
+a room's state changes happen in this one task and need no locks. It waits
+for commands while the room has members. Once the room is empty and nothing is
+queued, the loop ends and the registry keeps the room dormant: in the store
+and in its expiry index, with the core `Expiry`'s deadline (`room_ttl` after
+the room became empty), and no task of its own.
 
 Durability: when a command changes what the store keeps (host, key, emptiness,
 the `seq` reservation), the loop saves the room *before* anyone is told, so a
@@ -96,17 +95,19 @@ class RoomLoop:
         return self.room.host
 
     async def run(self, inbox_recv: trio.MemoryReceiveChannel[Command]) -> None:
-        """Serve commands until the room is deleted or its expiry deadline passes."""
+        """Serve commands until the room is deleted, or is empty with nothing queued.
+
+        Returning with `room.deleted` None means the room may go dormant: it is
+        saved (its `seq` settled) and its inbox was empty, with no checkpoint since.
+        """
         room = self.room
-        while True:
-            # A fresh scope per wait: a deadline that passes while a command is being
-            # applied (a slow store) must not cancel the room after a join saved it.
-            with trio.move_on_at(self.expiry.deadline) as expiry_scope:
-                command = await inbox_recv.receive()
-            if expiry_scope.cancelled_caught:
-                with trio.CancelScope(shield=True):
-                    await self.commit(room.delete("expired"))
+        try:
+            command = inbox_recv.receive_nowait()
+        except trio.WouldBlock:
+            if room.is_empty:
                 return
+            command = await inbox_recv.receive()
+        while True:
             # Apply everything already queued before yielding: one task switch per
             # burst, not per command. Shielded: a command is applied whole or not at all.
             with trio.CancelScope(shield=True):
@@ -119,6 +120,9 @@ class RoomLoop:
                         command = inbox_recv.receive_nowait()
                     except trio.WouldBlock:
                         break
+            if room.is_empty:
+                return
+            command = await inbox_recv.receive()
 
     async def apply(self, command: Command) -> None:
         """Apply one command; a refused one is answered with `error` and changes nothing."""
@@ -151,7 +155,13 @@ class RoomLoop:
             self.counted_host = room.host
         if room.deleted is not None:
             await self.store.delete(room.room_id)
-        elif room.durable_state() != self._saved:
+            self.perform(effects)
+            return
+        if room.is_empty:
+            # An empty room is about to go dormant: no reserved block outlives it, so
+            # the next member sees seq go on from the last one sent.
+            room.settle_seq()
+        if room.durable_state() != self._saved:
             await self.store.save(room.to_record())
         self._saved = room.durable_state()
         self.perform(effects)

@@ -3,9 +3,11 @@
     Server.run
     └── server nursery
         ├── alive mark: "this server is running" into the store, every minute
+        ├── expiry timer: deletes dormant rooms on time (one cancel scope for all)
         ├── flusher: every dirty outbox -> its socket, once per scheduler turn
         ├── event bus pump: bus events -> room inboxes
-        └── rooms nursery: one room loop per live room (RoomRegistry)
+        └── rooms nursery: one room loop per live room (RoomRegistry); an empty
+            room is dormant, with no task
             └── connections nursery
                 ├── trio.serve_listeners: accepts TCP (or TLS) streams
                 ├── one task per connection (reader.py): handshake, then reader
@@ -21,7 +23,6 @@ tree is cancelled.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import ssl
@@ -39,7 +40,7 @@ from roomd.core.expiry import alive_mark_interval
 from roomd.core.quota import RoomQuota
 from roomd.core.refusal import RefusalLog
 from roomd.core.stats import Stats
-from roomd.daemon.bus import BusEvent, EventBus, LocalEventBus
+from roomd.daemon.bus import BusEvent, EventBus, Kick, LocalEventBus
 from roomd.daemon.control import RoomControl
 from roomd.daemon.outbox import Flusher
 from roomd.daemon.reader import ConnectionContext, serve_connection
@@ -165,6 +166,7 @@ class Server:
             if restored or expired:
                 log.info("rooms restored: %d, expired while down: %d", restored, expired)
             await server_nursery.start(self._mark_alive)
+            await server_nursery.start(registry.run_expiry)
             await server_nursery.start(flusher.run)
             await server_nursery.start(self.bus.run, partial(_to_room, registry))
             async with trio.open_nursery() as connections:
@@ -224,9 +226,16 @@ class Server:
 
 
 async def _to_room(registry: RoomRegistry, event: BusEvent) -> None:
-    """Hand an event from the bus to the live room it names (if it lives here)."""
-    handle = registry.get(event.room_id)
-    if handle is None:
-        return
-    with contextlib.suppress(trio.BrokenResourceError):  # the room ended meanwhile
-        await handle.inbox_send.send(event)
+    """Hand an event from the bus to the room it names (if it is a room here)."""
+    while True:
+        if isinstance(event, Kick):
+            handle = registry.live.get(event.room_id)  # a dormant room has no one to kick
+        else:
+            handle = await registry.wake(event.room_id)
+        if handle is None:
+            return
+        try:
+            await handle.inbox_send.send(event)
+            return
+        except trio.BrokenResourceError:
+            continue  # the loop ended meanwhile: deleted, or dormant and to be woken

@@ -21,12 +21,22 @@ from typing import Protocol
 
 from roomd.core.room import RoomRecord
 
+# How many rooms `load` returns at a time by default.
+LOAD_PAGE = 1000
+
 
 class RoomStore(Protocol):
     """Where rooms outlive the process."""
 
-    async def load(self) -> list[RoomRecord]:
-        """Return every stored room."""
+    async def load(self, after: str = "", limit: int = LOAD_PAGE) -> list[RoomRecord]:
+        """Return up to `limit` stored rooms whose ids sort after `after`, in id order.
+
+        Read page by page, so a start with many rooms never holds them all at once.
+        """
+        ...
+
+    async def get(self, room_id: str) -> RoomRecord | None:
+        """Return the stored room `room_id`, or None when there is none."""
         ...
 
     async def insert(self, record: RoomRecord) -> bool:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import heapq
+
 import attrs
 import trio
 
 from roomd.core.room import RoomRecord
+from roomd.store import LOAD_PAGE
 
 
 @attrs.define
@@ -15,10 +18,16 @@ class MemoryRoomStore:
     records: dict[str, RoomRecord] = attrs.field(factory=dict)
     alive_ms: int | None = None
 
-    async def load(self) -> list[RoomRecord]:
-        """Return every stored room."""
+    async def load(self, after: str = "", limit: int = LOAD_PAGE) -> list[RoomRecord]:
+        """Return up to `limit` stored rooms whose ids sort after `after`, in id order."""
         await trio.lowlevel.checkpoint()
-        return list(self.records.values())
+        ids = heapq.nsmallest(limit, (room_id for room_id in self.records if room_id > after))
+        return [self.records[room_id] for room_id in ids]
+
+    async def get(self, room_id: str) -> RoomRecord | None:
+        """Return the stored room `room_id`, or None when there is none."""
+        await trio.lowlevel.checkpoint()
+        return self.records.get(room_id)
 
     async def insert(self, record: RoomRecord) -> bool:
         """Store a new room; return False (storing nothing) when its id exists."""

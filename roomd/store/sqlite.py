@@ -16,6 +16,7 @@ import attrs
 import trio
 
 from roomd.core.room import RoomRecord
+from roomd.store import LOAD_PAGE
 
 T = TypeVar("T")
 
@@ -63,13 +64,24 @@ class SqliteRoomStore:
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
 
-    async def load(self) -> list[RoomRecord]:
-        """Return every stored room."""
-        rows = await self._run(self._select_all)
+    async def load(self, after: str = "", limit: int = LOAD_PAGE) -> list[RoomRecord]:
+        """Return up to `limit` stored rooms whose ids sort after `after`, in id order."""
+        rows = await self._run(self._select_page, after, limit)
         return [RoomRecord(*row) for row in rows]
 
-    def _select_all(self) -> list[tuple[Any, ...]]:
-        return self._db.execute(f"SELECT {_COLUMNS} FROM rooms").fetchall()
+    def _select_page(self, after: str, limit: int) -> list[tuple[Any, ...]]:
+        query = f"SELECT {_COLUMNS} FROM rooms WHERE room_id > ? ORDER BY room_id LIMIT ?"
+        return self._db.execute(query, (after, limit)).fetchall()
+
+    async def get(self, room_id: str) -> RoomRecord | None:
+        """Return the stored room `room_id`, or None when there is none."""
+        row = await self._run(self._select_one, room_id)
+        return None if row is None else RoomRecord(*row)
+
+    def _select_one(self, room_id: str) -> tuple[Any, ...] | None:
+        query = f"SELECT {_COLUMNS} FROM rooms WHERE room_id = ?"
+        row: tuple[Any, ...] | None = self._db.execute(query, (room_id,)).fetchone()
+        return row
 
     async def insert(self, record: RoomRecord) -> bool:
         """Store a new room; return False (storing nothing) when its id exists."""

@@ -234,8 +234,8 @@ async def test_guarded_route_refuses_missing_wrong_or_non_bearer_key(
                 assert reply.error_code == "unauthenticated"
                 assert reply.headers["www-authenticate"] == "Bearer"
             # Nothing happened: the room and its member are still there, no room was added.
-            assert list(h.registry.rooms) == ["lobby"]
-            assert list(h.registry.rooms["lobby"].room.members) == ["alice"]
+            assert h.registry.room_ids() == ["lobby"]
+            assert list(h.registry.live["lobby"].room.members) == ["alice"]
             assert alice.pending() == []
 
 
@@ -326,7 +326,10 @@ async def test_room_created_without_a_body_gets_a_fresh_unguessable_id() -> None
                 assert re.fullmatch(r"[A-Za-z0-9_-]{22,}", created["roomId"]), created
                 ids.append(created["roomId"])
             assert len(set(ids)) == 3
-            assert sorted(ids) == sorted(h.registry.rooms)
+            assert sorted(ids) == h.registry.room_ids()
+            # Nobody joined them: they hold no task, only their expiry.
+            assert sorted(h.registry.dormant) == sorted(ids)
+            assert not h.registry.nursery.child_tasks
 
 
 async def test_creating_an_existing_room_id_is_409_and_changes_nothing() -> None:
@@ -397,7 +400,7 @@ async def test_create_room_with_a_bad_body_is_400_and_creates_nothing(raw: bytes
             reply = await http(h, "POST", "/v1/rooms", raw=raw)
             assert reply.status == 400, (why, reply)
             assert reply.error_code in {"badRequest", "tooLarge"}
-            assert h.registry.rooms == {}
+            assert h.registry.room_ids() == []
 
 
 async def test_largest_room_key_and_body_of_exactly_64_kib_are_accepted() -> None:
@@ -410,7 +413,9 @@ async def test_largest_room_key_and_body_of_exactly_64_kib_are_accepted() -> Non
         async with running_api_server() as h:
             reply = await http(h, "POST", "/v1/rooms", raw=body)
             assert reply.status == 201
-            assert h.registry.rooms["edge"].room.encrypted_room_key == key
+            stored = await h.registry.read("edge")
+            assert stored is not None
+            assert stored.encrypted_room_key == key
 
 
 @pytest.mark.parametrize("path", BODY_ROUTES)
@@ -423,7 +428,7 @@ async def test_body_over_64_kib_is_413(path: str) -> None:
                 await http(h, "POST", "/v1/rooms", {"roomId": "lobby", "host": "alice"})
             ).status == 201
             await join(h, "alice", "lobby")
-            rooms = set(h.registry.rooms)
+            rooms = h.registry.room_ids()
             declared = [("Content-Length", str(MAX_BODY + 1))]
             reply = await http(h, "POST", path, headers=declared, finish=False)
             assert reply.status == 413
@@ -433,8 +438,8 @@ async def test_body_over_64_kib_is_413(path: str) -> None:
             reply = await http(h, "POST", path, chunks=chunks, finish=False)
             assert reply.status == 413
             assert reply.error_code == "tooLarge"
-            assert set(h.registry.rooms) == rooms
-            assert list(h.registry.rooms["lobby"].room.members) == ["alice"]
+            assert h.registry.room_ids() == rooms
+            assert list(h.registry.live["lobby"].room.members) == ["alice"]
 
 
 # -- GET /v1/rooms -------------------------------------------------------------------

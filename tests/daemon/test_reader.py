@@ -57,7 +57,7 @@ async def test_messages_before_auth_are_refused_and_not_processed(
             assert (reply["type"], reply["code"], reply["id"]) == ("error", "unauthenticated", "c1")
             reply = await client.request({"type": "typing", "roomId": "r1", "isTyping": True})
             assert (reply["code"], reply["roomId"]) == ("unauthenticated", "r1")
-            assert h.registry.rooms == {}
+            assert h.registry.room_ids() == []
             reply = await client.request({"type": "auth", "token": token("alice"), "id": 7})
             assert (reply["type"], reply["aid"], reply["id"]) == ("authOk", "alice", 7)
 

@@ -67,7 +67,7 @@ async def test_origin_outside_allow_list_gets_403(autojump_clock: trio.testing.M
 async def test_shutdown_closes_every_client_with_1001_and_run_returns(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """shutdown() closes each client with 1001, ends every room, and Server.run returns."""
+    """shutdown() closes each client with 1001, ends every room loop, and Server.run returns."""
     with trio.fail_after(10):
         async with running_server() as h:
             _, clients = await h.open_room("alice", "bob")
@@ -77,7 +77,7 @@ async def test_shutdown_closes_every_client_with_1001_and_run_returns(
                 assert await client.expect_close() == 1001
             await h.stopped.wait()
             assert h.sessions == set()
-            assert h.registry.rooms == {}
+            assert h.registry.live == {}  # the room stays, dormant (and stored)
             assert h.admission.open_connections() == 0
             assert not h.registry.nursery.child_tasks
 

@@ -50,6 +50,37 @@ async def test_insert_of_an_existing_id_is_refused(store: RoomStore) -> None:
         assert await store.load() == [RECORD]
 
 
+async def test_get_returns_one_room_or_none(store: RoomStore) -> None:
+    """A room is read back by its id alone; an unknown or deleted id reads None."""
+    with trio.fail_after(10):
+        other = RoomRecord("r2", None, None, 7, 7, 0)
+        await store.insert(RECORD)
+        await store.insert(other)
+        assert await store.get("r1") == RECORD
+        assert await store.get("r2") == other
+        assert await store.get("r3") is None
+        await store.delete("r1")
+        assert await store.get("r1") is None
+
+
+async def test_load_pages_through_every_room_in_id_order(store: RoomStore) -> None:
+    """Pages of `limit` rooms after a given id cover every room once, in id order."""
+    with trio.fail_after(10):
+        ids = [f"r{n:02}" for n in range(25)]
+        for room_id in reversed(ids):
+            await store.insert(RoomRecord(room_id, None, None, 1, 1, 0))
+        pages = []
+        after = ""
+        while page := await store.load(after=after, limit=10):
+            pages.append([record.room_id for record in page])
+            after = page[-1].room_id
+        assert pages == [ids[:10], ids[10:20], ids[20:]]
+        assert [record.room_id for record in await store.load(after="r07", limit=2)] == [
+            "r08",
+            "r09",
+        ]
+
+
 async def test_save_overwrites_and_delete_forgets(store: RoomStore) -> None:
     """Saving replaces the durable fields; deleting removes the room (twice is fine)."""
     with trio.fail_after(10):
