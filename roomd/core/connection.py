@@ -8,7 +8,7 @@ owns one `Connection` per accepted WebSocket and feeds it what happened:
 
 - `frame_part(size, finished=...)` for every piece of a client data frame, so
   an oversized frame is refused before it is whole;
-- `receive_frame(payload, now, wall_ms, live_rooms)` for every complete frame;
+- `receive_frame(payload, now, wall_ms, room_ids)` for every complete frame;
 - `receive_control(now, ping=...)` for every ping or pong (they pay the bucket too);
 - `heard(now)` whenever bytes arrived, and `wake(now)` when the shell's wait
   for bytes reached `next_deadline()`;
@@ -233,11 +233,11 @@ class Connection:
         return None
 
     def receive_frame(
-        self, payload: str | bytes, now: float, wall_ms: int, live_rooms: Container[str]
+        self, payload: str | bytes, now: float, wall_ms: int, room_ids: Container[str]
     ) -> list[Action]:
         """Apply one complete client frame at `now`; return what the shell must do.
 
-        `wall_ms` is the wall clock (token times are Unix seconds), `live_rooms`
+        `wall_ms` is the wall clock (token times are Unix seconds), `room_ids`
         the ids of the rooms that exist. A refused frame is answered with `error`
         and changes nothing else.
         """
@@ -256,7 +256,7 @@ class Connection:
         except ProtocolError as exc:
             return [Reply(ev.error(exc, *m.peek_context(fields)))]
         try:
-            return [self._dispatch(msg, now, wall_ms, live_rooms)]
+            return [self._dispatch(msg, now, wall_ms, room_ids)]
         except ProtocolError as exc:
             return [Reply(ev.error(exc, msg.id, getattr(msg, "room_id", None)))]
 
@@ -290,7 +290,7 @@ class Connection:
         return [Reply(ev.error(error, *m.peek_context(_try_decode(payload))))]
 
     def _dispatch(
-        self, msg: m.Message, now: float, wall_ms: int, live_rooms: Container[str]
+        self, msg: m.Message, now: float, wall_ms: int, room_ids: Container[str]
     ) -> Action:
         if isinstance(msg, m.Auth):
             return self._auth(msg, now, wall_ms / 1000)
@@ -300,13 +300,13 @@ class Connection:
             self._check_room_quota()
             return CreateRoom(aid, msg.encrypted_room_key, msg.public_key, msg.id)
         if isinstance(msg, m.JoinChatroom):
-            if msg.room_id not in live_rooms:
+            if msg.room_id not in room_ids:
                 raise ProtocolError(ErrorCode.NOT_FOUND, f"no room '{msg.room_id}'")
             if msg.room_id not in self.member_of:
                 self._check_room_quota()
             return self._join(msg.room_id, aid, msg.public_key, msg.id)
         if isinstance(msg, m.RoomMessage):
-            if msg.room_id not in live_rooms or msg.room_id not in self.member_of:
+            if msg.room_id not in room_ids or msg.room_id not in self.member_of:
                 raise ProtocolError(ErrorCode.NOT_MEMBER, f"not a member of room '{msg.room_id}'")
             return ToRoom(msg.room_id, msg)
         raise AssertionError(f"no rule for {msg.TYPE}")  # every message type is handled above
