@@ -142,7 +142,7 @@ class RoomRegistry:
 
     async def wait_deleted(self, room_id: str) -> None:
         """Return once `room_id` is no room of this process (at once if it is none)."""
-        while room_id in self or room_id in self._waking:
+        while room_id in self:  # a room being woken is still in `dormant`
             await self._deleted.wait()
 
     async def create(

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import attrs
 import trio
 import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from roomd.core.room import RoomRecord
 from roomd.daemon.registry import HEAP_SLACK
 from roomd.daemon.server import wall_clock_ms
 from roomd.store.memory import MemoryRoomStore
 
-from ..harness import Harness, running_server
+from ..harness import Client, Harness, running_server
 
 TTL = 24 * 3600.0
 
@@ -123,14 +128,38 @@ async def test_join_and_leave_churn_keeps_the_expiry_index_bounded(
 ) -> None:
     """1,500 join-leave cycles keep the expiry index bounded; expiry counts from the last leave."""
     with trio.fail_after(3 * TTL):
-        async with running_server(rate=1e6, burst=1e6) as h:
+        async with running_server(
+            rate=1e6, burst=1e6, heartbeat_interval=10 * TTL, heartbeat_timeout=20 * TTL
+        ) as h:
             room, (alice,) = await h.open_room("alice", ttl=3 * TTL)
-            await alice.request({"type": "leaveChatroom", "roomId": room})
+            await alice.request({"type": "leaveChatroom", "roomId": room})  # due at TTL
+            await trio.sleep(TTL / 2)
             for _ in range(1500):
                 await alice.request({"type": "joinChatroom", "roomId": room})
                 await alice.request({"type": "leaveChatroom", "roomId": room})
                 assert len(h.registry.expiries) <= 2 * len(h.registry.dormant) + HEAP_SLACK
-            await trio.sleep(TTL - 1)
+            await trio.sleep(TTL / 2 + 1)  # past the first leave's deadline: that entry is stale
+            assert room in h.registry.dormant
+            await trio.sleep(TTL / 2 - 2)
+            assert room in h.registry.dormant
+            await trio.sleep(2)
+            assert room not in h.registry
+
+
+async def test_a_room_emptied_twice_expires_from_the_second_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The first emptying's deadline is forgotten once the room is joined again."""
+    with trio.fail_after(3 * TTL):
+        async with running_server(heartbeat_interval=10 * TTL, heartbeat_timeout=20 * TTL) as h:
+            room, (alice,) = await h.open_room("alice", ttl=3 * TTL)
+            await alice.request({"type": "leaveChatroom", "roomId": room})  # due at TTL
+            await trio.sleep(TTL / 2)
+            await alice.request({"type": "joinChatroom", "roomId": room})
+            await alice.request({"type": "leaveChatroom", "roomId": room})  # due at 1.5 TTL
+            await trio.sleep(TTL / 2 + 1)
+            assert room in h.registry.dormant
+            await trio.sleep(TTL / 2 - 2)
             assert room in h.registry.dormant
             await trio.sleep(2)
             assert room not in h.registry
@@ -161,3 +190,102 @@ async def test_rooms_restored_at_start_are_dormant_and_come_back_on_join(
             await bob.send(message(room))
             assert (await bob.recv_type("newMessage"))["seq"] == 6
             assert "other" in h.registry.dormant  # untouched by the other room's wake
+
+
+# -- against a model ---------------------------------------------------------------
+
+AIDS = ("a0", "a1", "a2")
+ROOMS = ("r0", "r1")
+OPERATIONS = st.lists(
+    st.tuples(
+        st.sampled_from(["join", "leave", "send"]), st.sampled_from(AIDS), st.sampled_from(ROOMS)
+    )
+    | st.tuples(st.just("advance"), st.sampled_from([1, 1000, 40_000, 86_399, 86_401]), st.none()),
+    max_size=24,
+)
+
+
+@attrs.define
+class ModelRoom:
+    """What a room should be: its members, its last seq, when it became empty."""
+
+    members: set[str] = attrs.field(factory=set)
+    seq: int = 0
+    empty_since: float | None = None
+
+
+async def _model_scenario(operations: list[tuple[str, Any, Any]]) -> None:
+    store = MemoryRoomStore()
+    with trio.fail_after(100 * TTL):
+        async with running_server(
+            store=store,
+            rate=1e6,
+            burst=1e6,
+            heartbeat_interval=100 * TTL,
+            heartbeat_timeout=200 * TTL,
+        ) as h:
+            clients: dict[str, Client] = {aid: await h.login(aid, ttl=100 * TTL) for aid in AIDS}
+            model: dict[str, ModelRoom] = {}
+            for room_id in ROOMS:
+                await h.registry.create(
+                    room_id=room_id, host=None, encrypted_room_key=None, by_api=True
+                )
+                model[room_id] = ModelRoom(empty_since=trio.current_time())
+            for kind, who, room_id in operations:
+                expected: set[str] = set()
+                if kind == "advance":
+                    await trio.sleep(who)
+                else:
+                    expected = await _apply(clients, model, kind, who, room_id)
+                await trio.testing.wait_all_tasks_blocked()
+                for aid, client in clients.items():
+                    seqs = [e["seq"] for e in await client.drain() if e["type"] == "newMessage"]
+                    # Every other member got the message, once; nobody else got any.
+                    assert seqs == ([model[room_id].seq] if aid in expected else []), (aid, seqs)
+                await trio.testing.wait_all_tasks_blocked()
+                now = trio.current_time()
+                for rid, room in list(model.items()):
+                    if room.empty_since is not None and room.empty_since + TTL <= now:
+                        del model[rid]
+                busy = {rid for rid, room in model.items() if room.members}
+                assert set(h.registry.live) == busy
+                assert set(h.registry.dormant) == set(model) - busy
+                assert set(store.records) == set(model)
+                assert rooms_tasks(h) == len(busy)
+
+
+async def _apply(
+    clients: dict[str, Client], model: dict[str, ModelRoom], kind: str, aid: str, room_id: str
+) -> set[str]:
+    """Carry out one operation, checking its answer; return who else gets a message."""
+    client, room = clients[aid], model.get(room_id)
+    if kind == "join" and (room is None or aid not in room.members):
+        reply = await client.request({"type": "joinChatroom", "roomId": room_id})
+        if room is None:
+            assert reply["code"] == "notFound", reply
+            return set()
+        assert (reply["type"], reply["lastSeq"]) == ("joinSuccess", room.seq), reply
+        room.members.add(aid)
+        room.empty_since = None
+    elif kind == "leave" and room is not None and aid in room.members:
+        reply = await client.request({"type": "leaveChatroom", "roomId": room_id})
+        assert reply["type"] == "leftChatroom", reply
+        room.members.discard(aid)
+        if not room.members:
+            room.empty_since = trio.current_time()
+    elif kind == "send" and room is not None and aid in room.members:
+        await client.send(message(room_id))
+        echo = await client.recv_type("newMessage")
+        room.seq += 1
+        assert (echo["roomId"], echo["seq"]) == (room_id, room.seq), echo
+        return room.members - {aid}
+    return set()
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(OPERATIONS)
+def test_random_joins_leaves_messages_and_time_match_a_model(
+    operations: list[tuple[str, Any, Any]],
+) -> None:
+    """Live rooms are exactly those with members, dormant ones the rest; expiry and seq hold."""
+    trio.run(_model_scenario, operations, clock=trio.testing.MockClock(autojump_threshold=0))
