@@ -13,6 +13,7 @@ import attrs
 from roomd import PROTOCOL_NAME
 from roomd.core.admission import Network, parse_networks
 from roomd.core.connection import ConnectionLimits
+from roomd.core.history import HistoryPolicy
 from roomd.errors import ConfigError
 
 
@@ -48,6 +49,9 @@ class Config:
     api_tls_cert: Path | None = None
     api_tls_key: Path | None = None
     store: str = "sqlite"
+    history_size: int = 1000
+    history_ttl: float = 24 * 3600.0
+    recovery_limit: int = 500
     # How long shutdown waits for clients to answer close 1001 before it hangs up.
     close_timeout: float = 2.0
 
@@ -69,6 +73,16 @@ class Config:
             max_members=self.max_members,
             max_rooms_per_conn=self.max_rooms_per_conn,
             max_rooms_per_aid=self.max_rooms_per_aid,
+            history_size=self.history_size,
+            recovery_limit=self.recovery_limit,
+        )
+
+    def history_policy(self) -> HistoryPolicy:
+        """Return what each room's history keeps and how far a join may recover."""
+        return HistoryPolicy(
+            size=self.history_size,
+            ttl_ms=round(self.history_ttl * 1000),
+            recovery_limit=self.recovery_limit,
         )
 
 
@@ -99,6 +113,9 @@ SETTINGS: tuple[tuple[str, type, str], ...] = (
     ("api_tls_cert", Path, "PEM certificate chain: serve the API over https"),
     ("api_tls_key", Path, "PEM private key of --api-tls-cert"),
     ("store", str, "room store: sqlite (in the data dir) or memory (nothing survives)"),
+    ("history_size", int, "newest messages kept per room (0 = history off)"),
+    ("history_ttl", float, "seconds a message stays in history (0 = no age limit)"),
+    ("recovery_limit", int, "most missed messages a join with 'since' replays"),
 )
 STORES = ("sqlite", "memory")
 # (flag name, variable, help) of the repeatable flags; the variable is comma-separated.
@@ -199,6 +216,12 @@ def validate(config: Config) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be 0 (no limit) or positive")
     if config.max_connections < 0:
         raise ConfigError("--max-connections must be 0 (no limit) or positive")
+    if config.history_size < 0:
+        raise ConfigError("--history-size must be 0 (history off) or positive")
+    if not config.history_ttl >= 0:
+        raise ConfigError("--history-ttl must be 0 (no age limit) or positive")
+    if config.recovery_limit < 0:
+        raise ConfigError("--recovery-limit must be 0 or positive")
     if not 0 <= config.port <= 65535:
         raise ConfigError("--port must be within 0..65535")
     if not 0 <= config.api_port <= 65535:

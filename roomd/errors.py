@@ -23,6 +23,8 @@ class ErrorCode(enum.StrEnum):
     TOO_LARGE = "tooLarge"
     RATE_LIMITED = "rateLimited"
     INTERNAL = "internal"
+    CONFLICT = "conflict"
+    UNAVAILABLE = "unavailable"
 
 
 class CloseCode(enum.IntEnum):
@@ -53,11 +55,20 @@ class ProtocolError(RoomdError):
     `roomd.core.event.error(exc, id, roomId)` and carries on.
     """
 
-    def __init__(self, code: ErrorCode, message: str, *, retry_after: float | None = None):
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        key_epoch: int | None = None,
+    ):
         super().__init__(message)
         self.code = code
         self.message = message
         self.retry_after = retry_after
+        # With `conflict`: the room's current key epoch (PROTOCOL.md section 8.4).
+        self.key_epoch = key_epoch
 
 
 # The HTTP status of each error code the server API answers with (SERVER_API.md).
@@ -70,6 +81,8 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.TOO_LARGE: 413,
     ErrorCode.RATE_LIMITED: 429,
     ErrorCode.INTERNAL: 500,
+    ErrorCode.CONFLICT: 409,
+    ErrorCode.UNAVAILABLE: 503,
 }
 
 

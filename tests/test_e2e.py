@@ -353,6 +353,7 @@ def test_trio_websocket_client_shares_a_room_with_a_websockets_client(
         assert bob.negotiated == JSON
         bob.login("bob")
         joined = bob.request({"type": "joinChatroom", "roomId": room, "publicKey": bob_pk})
+        assert isinstance(joined.get("epoch"), str) and 8 <= len(joined["epoch"]) <= 32
         assert joined == {
             "type": "joinSuccess",
             "roomId": room,
@@ -364,6 +365,8 @@ def test_trio_websocket_client_shares_a_room_with_a_websockets_client(
                 {"aid": "bob", "publicKey": bob_pk},
             ],
             "lastSeq": 0,
+            "epoch": joined["epoch"],
+            "keyEpoch": 0,
         }
         assert alice.recv() == {
             "type": "userJoined",

@@ -79,6 +79,8 @@ class ConnectionLimits:
     max_members: int
     max_rooms_per_conn: int
     max_rooms_per_aid: int
+    history_size: int = 0
+    recovery_limit: int = 0
 
     def hello(self) -> Event:
         """Return the `hello` that tells a new client these limits."""
@@ -89,8 +91,11 @@ class ConnectionLimits:
             "maxMembers": self.max_members,
             "maxRoomsPerConnection": self.max_rooms_per_conn,
             "maxRoomsPerAid": self.max_rooms_per_aid,
+            "historySize": self.history_size,
+            "recoveryLimit": self.recovery_limit,
         }
-        return ev.hello(self.protocol, self.heartbeat_interval, self.auth_timeout, limits)
+        features = ["history", "keyEpochs"] if self.history_size else ["keyEpochs"]
+        return ev.hello(self.protocol, self.heartbeat_interval, self.auth_timeout, limits, features)
 
 
 @attrs.frozen
@@ -146,6 +151,8 @@ class JoinRoom:
     aid: str
     public_key: bytes | None
     request_id: m.RequestId | None
+    # Where the client left off in the room's stream, to recover from (section 8.2).
+    since: m.Position | None = None
 
 
 @attrs.frozen
@@ -304,7 +311,7 @@ class Connection:
                 raise ProtocolError(ErrorCode.NOT_FOUND, f"no room '{msg.room_id}'")
             if msg.room_id not in self.member_of:
                 self._check_room_quota()
-            return self._join(msg.room_id, aid, msg.public_key, msg.id)
+            return self._join(msg.room_id, aid, msg.public_key, msg.id, msg.since)
         if isinstance(msg, m.RoomMessage):
             if msg.room_id not in room_ids or msg.room_id not in self.member_of:
                 raise ProtocolError(ErrorCode.NOT_MEMBER, f"not a member of room '{msg.room_id}'")
@@ -337,10 +344,15 @@ class Connection:
             )
 
     def _join(
-        self, room_id: str, aid: str, public_key: bytes | None, request_id: m.RequestId | None
+        self,
+        room_id: str,
+        aid: str,
+        public_key: bytes | None,
+        request_id: m.RequestId | None,
+        since: m.Position | None = None,
     ) -> JoinRoom:
         self.joining[room_id] += 1
-        return JoinRoom(room_id, aid, public_key, request_id)
+        return JoinRoom(room_id, aid, public_key, request_id, since)
 
     # -- answers from rooms ----------------------------------------------------
 

@@ -26,7 +26,13 @@ def reply(event: Event, request_id: RequestId | None) -> Event:
     return event
 
 
-def hello(protocol: str, heartbeat_interval: float, auth_timeout: float, limits: Event) -> Event:
+def hello(
+    protocol: str,
+    heartbeat_interval: float,
+    auth_timeout: float,
+    limits: Event,
+    features: list[str],
+) -> Event:
     """Return the `hello` a connection gets right after the upgrade."""
     return {
         "type": "hello",
@@ -34,6 +40,7 @@ def hello(protocol: str, heartbeat_interval: float, auth_timeout: float, limits:
         "heartbeatInterval": heartbeat_interval,
         "authTimeout": auth_timeout,
         "limits": limits,
+        "features": features,
     }
 
 
@@ -47,6 +54,8 @@ def error(exc: ProtocolError, request_id: RequestId | None, room_id: str | None)
     event: Event = {"type": "error", "code": str(exc.code), "message": exc.message}
     if exc.retry_after is not None:
         event["retryAfter"] = exc.retry_after
+    if exc.key_epoch is not None:
+        event["keyEpoch"] = exc.key_epoch
     if room_id is not None:
         event["roomId"] = room_id
     return reply(event, request_id)
@@ -59,21 +68,29 @@ def join_success(
     encrypted_room_key: bytes | None,
     members: list[Event],
     last_seq: int,
+    epoch: str,
+    key_epoch: int,
+    recovered: bool | None,
     request_id: RequestId | None,
 ) -> Event:
-    """Return the answer to a join (or create): the room as the joiner first sees it."""
-    return reply(
-        {
-            "type": "joinSuccess",
-            "roomId": room_id,
-            "you": you,
-            "host": host,
-            "encryptedRoomKey": encrypted_room_key,
-            "members": members,
-            "lastSeq": last_seq,
-        },
-        request_id,
-    )
+    """Return the answer to a join (or create): the room as the joiner first sees it.
+
+    `recovered` is None for a join without `since` (the field is then absent).
+    """
+    event: Event = {
+        "type": "joinSuccess",
+        "roomId": room_id,
+        "you": you,
+        "host": host,
+        "encryptedRoomKey": encrypted_room_key,
+        "members": members,
+        "lastSeq": last_seq,
+        "epoch": epoch,
+        "keyEpoch": key_epoch,
+    }
+    if recovered is not None:
+        event["recovered"] = recovered
+    return reply(event, request_id)
 
 
 def member(aid: str, public_key: bytes | None) -> Event:
@@ -128,14 +145,34 @@ def signal(room_id: str, sender: str, payload: bytes) -> Event:
     return {"type": "signal", "roomId": room_id, "from": sender, "payload": payload}
 
 
-def room_key_updated(room_id: str, encrypted_room_key: bytes, by: str) -> Event:
-    """Return the news that the host replaced the room key."""
+def room_key_updated(room_id: str, encrypted_room_key: bytes, by: str, key_epoch: int) -> Event:
+    """Return the news that the host replaced the room key, opening `key_epoch`."""
     return {
         "type": "roomKeyUpdated",
         "roomId": room_id,
         "encryptedRoomKey": encrypted_room_key,
         "by": by,
+        "keyEpoch": key_epoch,
     }
+
+
+def unbanned(room_id: str, aid: str, request_id: RequestId | None) -> Event:
+    """Return the host's answer to `unban`: `aid` may join again."""
+    return reply({"type": "unbanned", "roomId": room_id, "aid": aid}, request_id)
+
+
+def history(
+    room_id: str, epoch: str, messages: list[Event], more: bool, request_id: RequestId | None
+) -> Event:
+    """Return a page of the room's history, oldest first; `more` when older ones exist."""
+    event: Event = {
+        "type": "history",
+        "roomId": room_id,
+        "epoch": epoch,
+        "messages": messages,
+        "more": more,
+    }
+    return reply(event, request_id)
 
 
 def new_message(
@@ -147,8 +184,9 @@ def new_message(
     iv: bytes | None,
     client_msg_id: str | None,
     ts: int,
+    key_epoch: int | None,
 ) -> Event:
-    """Return one relayed message with its `seq`; `iv` and `clientMsgId` only when given."""
+    """Return one relayed message with its `seq`; `iv`, `clientMsgId`, `keyEpoch` when given."""
     event: Event = {
         "type": "newMessage",
         "roomId": room_id,
@@ -162,4 +200,6 @@ def new_message(
     if client_msg_id is not None:
         event["clientMsgId"] = client_msg_id
     event["ts"] = ts
+    if key_epoch is not None:
+        event["keyEpoch"] = key_epoch
     return event

@@ -32,6 +32,11 @@ MAX_TOKEN = 8 * 1024
 MAX_AID = 128
 MAX_ROOM_ID = 128
 MAX_ID_INT = 2**53
+MAX_EPOCH = 64
+# A signal batch's hard bound; a room also holds it to `max_members`.
+MAX_SIGNALS = 1024
+MAX_HISTORY_PAGE = 100
+DEFAULT_HISTORY_PAGE = 50
 _ROOM_ID_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 
 
@@ -125,6 +130,62 @@ def _chars(low: int, high: int) -> Parser:
     return lambda name, value, text: _text(name, value, low, high)
 
 
+def _int(name: str, value: object, low: int, high: int = MAX_ID_INT) -> int:
+    # bool is an int in Python, never on the wire.
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _bad(f"field '{name}' must be an integer")
+    if not low <= value <= high:
+        raise _bad(f"field '{name}' must be from {low} to {high}")
+    return value
+
+
+def _ints(low: int, high: int = MAX_ID_INT) -> Parser:
+    return lambda name, value, text: _int(name, value, low, high)
+
+
+@attrs.frozen
+class Position:
+    """A position in a room's stream (PROTOCOL.md section 8.1): `(epoch, seq)`."""
+
+    epoch: str
+    seq: int
+
+
+def _position(name: str, value: object, text: bool) -> Position:
+    if not isinstance(value, Mapping):
+        raise _bad(f"field '{name}' must be a map of 'epoch' and 'seq'")
+    epoch = value.get("epoch")
+    if not isinstance(epoch, str) or not 1 <= len(epoch) <= MAX_EPOCH:
+        raise _bad(f"field '{name}.epoch' must be a string of 1 to {MAX_EPOCH} characters")
+    return Position(epoch, _int(f"{name}.seq", value.get("seq"), 0))
+
+
+@attrs.frozen
+class SignalTo:
+    """One entry of a signal batch: `payload` for every connection of `to`."""
+
+    to: str
+    payload: bytes
+
+
+def _signals(name: str, value: object, text: bool) -> tuple[SignalTo, ...]:
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_SIGNALS:
+        raise _bad(f"field '{name}' must be a list of 1 to {MAX_SIGNALS} entries")
+    entries = []
+    for index, entry in enumerate(value):
+        if not isinstance(entry, Mapping):
+            raise _bad(f"entry {index} of '{name}' must be a map of 'to' and 'payload'")
+        to, payload = entry.get("to"), entry.get("payload")
+        if to is None or payload is None:
+            raise _bad(f"entry {index} of '{name}' needs 'to' and 'payload'")
+        entries.append(
+            SignalTo(
+                validate_aid(to, "to"), decode_blob("payload", payload, MAX_PAYLOAD, text=text)
+            )
+        )
+    return tuple(entries)
+
+
 _ROOM: Parser = lambda name, value, text: validate_room_id(value, name)  # noqa: E731
 _AID: Parser = lambda name, value, text: validate_aid(value, name)  # noqa: E731
 _BOOL: Parser = lambda name, value, text: _bool(name, value)  # noqa: E731
@@ -177,8 +238,11 @@ class JoinChatroom(RoomMessage):
     FIELDS = (
         ("roomId", "room_id", _ROOM, True),
         ("publicKey", "public_key", _blob(MAX_PUBLIC_KEY), False),
+        ("since", "since", _position, False),
     )
     public_key: bytes | None = None
+    # The last position the client saw: replay what it missed (section 8.2).
+    since: Position | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -191,10 +255,12 @@ class SendMessage(RoomMessage):
         ("ciphertext", "ciphertext", _blob(MAX_CIPHERTEXT), True),
         ("iv", "iv", _blob(MAX_IV), False),
         ("clientMsgId", "client_msg_id", _chars(1, 64), False),
+        ("keyEpoch", "key_epoch", _ints(0), False),
     )
     ciphertext: bytes
     iv: bytes | None = None
     client_msg_id: str | None = None
+    key_epoch: int | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -224,16 +290,37 @@ class Reaction(RoomMessage):
 
 @attrs.frozen(kw_only=True)
 class Signal(RoomMessage):
-    """`signal`: a key-exchange payload for the connections of one AID."""
+    """`signal`: key-exchange payloads, each for the connections of one AID.
+
+    Sent alone (`to`, `payload`) or as a batch (`signals`), never both; either
+    way `entries` lists them in order.
+    """
 
     TYPE = "signal"
     FIELDS = (
         ("roomId", "room_id", _ROOM, True),
-        ("to", "to", _AID, True),
-        ("payload", "payload", _blob(MAX_PAYLOAD), True),
+        ("to", "to", _AID, False),
+        ("payload", "payload", _blob(MAX_PAYLOAD), False),
+        ("signals", "signals", _signals, False),
     )
-    to: str
-    payload: bytes
+    to: str | None = None
+    payload: bytes | None = None
+    signals: tuple[SignalTo, ...] | None = None
+
+    def __attrs_post_init__(self) -> None:
+        single = self.to is not None or self.payload is not None
+        if self.signals is not None and single:
+            raise _bad("signal takes 'to' and 'payload', or 'signals', not both")
+        if self.signals is None and (self.to is None or self.payload is None):
+            raise _bad("signal needs 'to' and 'payload' (or 'signals')")
+
+    @property
+    def entries(self) -> tuple[SignalTo, ...]:
+        """Every `{to, payload}` of this signal, in order."""
+        if self.signals is not None:
+            return self.signals
+        assert self.to is not None and self.payload is not None
+        return (SignalTo(self.to, self.payload),)
 
 
 @attrs.frozen(kw_only=True)
@@ -252,8 +339,11 @@ class UpdateRoomKey(RoomMessage):
     FIELDS = (
         ("roomId", "room_id", _ROOM, True),
         ("encryptedRoomKey", "encrypted_room_key", _blob(MAX_ROOM_KEY), True),
+        ("keyEpoch", "key_epoch", _ints(0), False),
     )
     encrypted_room_key: bytes
+    # The epoch the new key opens; absent means the room's next one (section 8.4).
+    key_epoch: int | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -270,8 +360,37 @@ class Kick(RoomMessage):
     """`kick` (host only): remove every connection of an AID."""
 
     TYPE = "kick"
+    FIELDS = (
+        ("roomId", "room_id", _ROOM, True),
+        ("aid", "aid", _AID, True),
+        ("ban", "ban", _BOOL, False),
+    )
+    aid: str
+    ban: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class Unban(RoomMessage):
+    """`unban` (host only): let a banned AID join again."""
+
+    TYPE = "unban"
     FIELDS = (("roomId", "room_id", _ROOM, True), ("aid", "aid", _AID, True))
     aid: str
+
+
+@attrs.frozen(kw_only=True)
+class GetHistory(RoomMessage):
+    """`getHistory`: the newest `limit` messages before `before` (section 8.3)."""
+
+    TYPE = "getHistory"
+    FIELDS = (
+        ("roomId", "room_id", _ROOM, True),
+        ("before", "before", _ints(1), False),
+        ("limit", "limit", _ints(1, MAX_HISTORY_PAGE), False),
+    )
+    # None: after the last message.
+    before: int | None = None
+    limit: int = DEFAULT_HISTORY_PAGE
 
 
 @attrs.frozen(kw_only=True)
@@ -296,6 +415,8 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         UpdateRoomKey,
         TransferHost,
         Kick,
+        Unban,
+        GetHistory,
         DeleteChatroom,
     )
 }

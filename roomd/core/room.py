@@ -9,6 +9,8 @@ clock: every method takes what it needs (`now_ms`) and returns a list of effects
 for the shell to carry out, in order:
 
 - `Send(to, event)`: send `event` to the connections `to` (encode it once);
+- `Append(message)`: store `message` in the room's history before carrying out
+  any effect after it (PROTOCOL.md section 8.1);
 - `Attached(conn)` / `Detached(conn)`: `conn` entered / left the room, so the
   shell updates what that connection is a member of.
 
@@ -38,6 +40,7 @@ import attrs
 from roomd.core import event as ev
 from roomd.core import message as m
 from roomd.core.event import Event
+from roomd.core.history import HistoryPolicy, StoredMessage, missed_count, recovered
 from roomd.errors import ErrorCode, ProtocolError
 
 Handle = Hashable
@@ -60,6 +63,9 @@ class RoomRecord:
     created_at: int
     empty_since: int | None
     seq_reserved: int
+    epoch: str = ""
+    key_epoch: int = 0
+    bans: frozenset[str] = frozenset()
 
 
 @attrs.frozen
@@ -84,7 +90,14 @@ class Detached:
     conn: Handle
 
 
-Effect = Send | Attached | Detached
+@attrs.frozen
+class Append:
+    """Store `message` in history before any later effect is carried out."""
+
+    message: StoredMessage
+
+
+Effect = Send | Attached | Detached | Append
 
 
 @attrs.define(eq=False, slots=True)
@@ -106,10 +119,16 @@ class Room:
     created_at: int
     max_members: int
     message_id_prefix: str
+    # The stream's epoch (PROTOCOL.md section 8.1) and the key's (section 8.4).
+    epoch: str
+    history: HistoryPolicy
+    key_epoch: int = 0
+    bans: frozenset[str] = frozenset()
     empty_since: int | None = None
     seq: int = 0
     # The durable high-water mark of `seq`: no message may carry a seq above it
-    # until the shell has saved a higher one (see `durable_state`).
+    # until the shell has saved a higher one (see `durable_state`). With history
+    # on, every message is stored with its seq, so the mark is the seq itself.
     seq_reserved: int = 0
     seq_block: int = SEQ_BLOCK
     # Why the room was deleted (`deleted`, `expired`); None while it exists.
@@ -128,6 +147,8 @@ class Room:
         now_ms: int,
         max_members: int,
         message_id_prefix: str,
+        epoch: str,
+        history: HistoryPolicy,
     ) -> Room:
         """Return an empty room; its creator joins it next (as host, being `host`)."""
         return cls(
@@ -137,12 +158,20 @@ class Room:
             created_at=now_ms,
             max_members=max_members,
             message_id_prefix=message_id_prefix,
+            epoch=epoch,
+            history=history,
             empty_since=now_ms,
         )
 
     @classmethod
     def from_record(
-        cls, record: RoomRecord, *, empty_since: int, max_members: int, message_id_prefix: str
+        cls,
+        record: RoomRecord,
+        *,
+        empty_since: int,
+        max_members: int,
+        message_id_prefix: str,
+        history: HistoryPolicy,
     ) -> Room:
         """Return a restored room: empty, and numbering on from above every seq it ever sent."""
         return cls(
@@ -152,6 +181,10 @@ class Room:
             created_at=record.created_at,
             max_members=max_members,
             message_id_prefix=message_id_prefix,
+            epoch=record.epoch,
+            history=history,
+            key_epoch=record.key_epoch,
+            bans=record.bans,
             empty_since=empty_since,
             seq=record.seq_reserved,
             seq_reserved=record.seq_reserved,
@@ -166,6 +199,9 @@ class Room:
             created_at=self.created_at,
             empty_since=self.empty_since,
             seq_reserved=self.seq_reserved,
+            epoch=self.epoch,
+            key_epoch=self.key_epoch,
+            bans=self.bans,
         )
 
     def durable_state(self) -> tuple[object, ...]:
@@ -174,7 +210,14 @@ class Room:
         The shell compares it before and after each method and, when it changed,
         saves `to_record()` before it carries out the method's effects.
         """
-        return (self.host, self.encrypted_room_key, self.empty_since, self.seq_reserved)
+        return (
+            self.host,
+            self.encrypted_room_key,
+            self.empty_since,
+            self.seq_reserved,
+            self.key_epoch,
+            self.bans,
+        )
 
     def settle_seq(self) -> None:
         """Lower the reservation to the last seq sent (the room empties or stops; then save)."""
@@ -224,6 +267,12 @@ class Room:
 
     # -- membership ------------------------------------------------------------
 
+    def missed(self, since: m.Position | None) -> int:
+        """Return how many stored messages a join from `since` needs (0: none to read)."""
+        if since is None:
+            return 0
+        return missed_count(self.history, since, self.epoch, self.seq) or 0
+
     def join(
         self,
         conn: Handle,
@@ -231,10 +280,32 @@ class Room:
         public_key: bytes | None,
         now_ms: int,
         request_id: m.RequestId | None = None,
+        since: m.Position | None = None,
+        stored: list[StoredMessage] | None = None,
     ) -> list[Effect]:
-        """Add `conn` (authenticated as `aid`) to the room; raise `roomFull` when full."""
+        """Add `conn` (authenticated as `aid`) to the room; raise `roomFull` when full.
+
+        With `since`, `stored` is what the store returned for `missed(since)`
+        messages after it: when they are all there, they are replayed right after
+        `joinSuccess {recovered: true}`. Raises `forbidden` for a banned AID.
+        """
         if conn in self._conn_aid:
-            return [Send((conn,), self._join_success(aid, request_id))]
+            current = since is not None and since == m.Position(self.epoch, self.seq)
+            reply = self._join_success(aid, None if since is None else current, request_id)
+            return [Send((conn,), reply)]
+        if aid in self.bans:
+            raise ProtocolError(
+                ErrorCode.FORBIDDEN, f"'{aid}' is banned from room '{self.room_id}'"
+            )
+        replay: list[StoredMessage] = []
+        recovery: bool | None = None
+        if since is not None:
+            missed = missed_count(self.history, since, self.epoch, self.seq)
+            if missed is not None and missed > 0:
+                recovery = recovered(since, missed, stored or [])
+                replay = (stored or []) if recovery else []
+            else:
+                recovery = missed == 0
         member = self.members.get(aid)
         effects: list[Effect] = []
         if member is None:
@@ -255,12 +326,15 @@ class Room:
         self._all_conns = None
         self.empty_since = None
         effects.append(Attached(conn))
-        effects.append(Send((conn,), self._join_success(aid, request_id)))
+        effects.append(Send((conn,), self._join_success(aid, recovery, request_id)))
+        effects.extend(Send((conn,), message.event()) for message in replay)
         if new_host:
             effects.append(Send(self.connections(), self._host_updated()))
         return effects
 
-    def _join_success(self, aid: str, request_id: m.RequestId | None) -> Event:
+    def _join_success(
+        self, aid: str, recovery: bool | None, request_id: m.RequestId | None
+    ) -> Event:
         return ev.join_success(
             self.room_id,
             aid,
@@ -268,6 +342,9 @@ class Room:
             self.encrypted_room_key,
             self.member_list(),
             self.seq,
+            self.epoch,
+            self.key_epoch,
+            recovery,
             request_id,
         )
 
@@ -310,8 +387,17 @@ class Room:
             return []
         return self._remove_conn(conn, reason, now_ms)
 
-    def kick(self, aid: str, now_ms: int) -> list[Effect]:
-        """Kick every connection of `aid`: they get `leftChatroom kicked`, the rest `userLeft`."""
+    def kick(self, aid: str, now_ms: int, *, ban: bool = False) -> list[Effect]:
+        """Kick every connection of `aid`: they get `leftChatroom kicked`, the rest `userLeft`.
+
+        With `ban`, `aid` may not join again until unbanned; it is banned even
+        when absent (then nothing else happens). Without, an absent `aid` is
+        `notFound`.
+        """
+        if ban:
+            self.bans = self.bans | {aid}
+            if aid not in self.members:
+                return []
         member = self._require_present(aid)
         event = ev.left_chatroom(self.room_id, "kicked")
         effects: list[Effect] = [Send(tuple(member.conns), event)]
@@ -322,6 +408,12 @@ class Room:
         self._all_conns = None
         effects.extend(self._after_aid_left(aid, "kicked", now_ms))
         return effects
+
+    def unban(self, aid: str) -> None:
+        """Let `aid` join again; raise `notFound` when it is not banned."""
+        if aid not in self.bans:
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"'{aid}' is not banned from this room")
+        self.bans = self.bans - {aid}
 
     def delete(self, reason: str) -> list[Effect]:
         """Delete the room (`deleted` is set): every member gets `roomDeleted` and is detached."""
@@ -354,15 +446,17 @@ class Room:
                 event = ev.reaction(self.room_id, msg.message_id, aid, msg.emoji, msg.remove)
                 return [Send(self.connections(), event)]
             case m.Signal():
-                aid = self._require_member(conn)
-                target = self._require_present(msg.to)
-                return [Send(tuple(target.conns), ev.signal(self.room_id, aid, msg.payload))]
+                return self._signal(conn, msg)
             case m.LeaveChatroom():
                 return self.leave(conn, now_ms, msg.id)
             case m.UpdateRoomKey():
                 aid = self._require_host(conn)
+                opened = self.key_epoch + 1
+                if msg.key_epoch is not None and msg.key_epoch != opened:
+                    raise self._conflict(f"the next key epoch is {opened}")
                 self.encrypted_room_key = msg.encrypted_room_key
-                event = ev.room_key_updated(self.room_id, msg.encrypted_room_key, aid)
+                self.key_epoch = opened
+                event = ev.room_key_updated(self.room_id, msg.encrypted_room_key, aid, opened)
                 return [Send(self.connections(), event)]
             case m.TransferHost():
                 self._require_host(conn)
@@ -375,18 +469,43 @@ class Room:
                     raise ProtocolError(
                         ErrorCode.BAD_REQUEST, "the host cannot kick itself; use leaveChatroom"
                     )
-                return self.kick(msg.aid, now_ms)
+                self._require_present(msg.aid)
+                return self.kick(msg.aid, now_ms, ban=msg.ban)
+            case m.Unban():
+                self._require_host(conn)
+                self.unban(msg.aid)
+                return [Send((conn,), ev.unbanned(self.room_id, msg.aid, msg.id))]
             case m.DeleteChatroom():
                 self._require_host(conn)
                 return self.delete("deleted")
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"{msg.TYPE} is not a room message")
 
+    def _conflict(self, message: str) -> ProtocolError:
+        return ProtocolError(ErrorCode.CONFLICT, message, key_epoch=self.key_epoch)
+
+    def _signal(self, conn: Handle, msg: m.Signal) -> list[Effect]:
+        aid = self._require_member(conn)
+        entries = msg.entries
+        if len(entries) > self.max_members:
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST, f"a signal batch holds at most {self.max_members} entries"
+            )
+        targets = [self._require_present(entry.to) for entry in entries]  # all or nothing
+        return [
+            Send(tuple(target.conns), ev.signal(self.room_id, aid, entry.payload))
+            for target, entry in zip(targets, entries, strict=True)
+        ]
+
     def _message(self, conn: Handle, msg: m.SendMessage, now_ms: int) -> list[Effect]:
         aid = self._require_member(conn)
-        if self.seq >= self.seq_reserved:
-            self.seq_reserved = self.seq + self.seq_block
+        if msg.key_epoch is not None and msg.key_epoch != self.key_epoch:
+            raise self._conflict(f"the room's key epoch is {self.key_epoch}")
         self.seq += 1
-        event = ev.new_message(
+        if self.history.on:
+            self.seq_reserved = self.seq  # stored with the message, in one transaction
+        elif self.seq > self.seq_reserved:
+            self.seq_reserved = self.seq - 1 + self.seq_block
+        message = StoredMessage(
             self.room_id,
             self.seq,
             f"{self.message_id_prefix}{self.seq:x}",
@@ -395,5 +514,21 @@ class Room:
             msg.iv,
             msg.client_msg_id,
             now_ms,
+            msg.key_epoch,
         )
-        return [Send(self.connections(), event)]
+        effects: list[Effect] = [Send(self.connections(), message.event())]
+        if self.history.on:
+            effects.insert(0, Append(message))
+        return effects
+
+    def history_query(self, conn: Handle, msg: m.GetHistory) -> tuple[int, int]:
+        """Return the `(before, limit)` of the page `msg` asks for; raise `notMember`."""
+        self._require_member(conn)
+        return (self.seq + 1 if msg.before is None else msg.before), msg.limit
+
+    def history_page(self, msg: m.GetHistory, newest: list[StoredMessage]) -> Event:
+        """Return the `history` reply from the newest `limit + 1` messages before `before`."""
+        more = len(newest) > msg.limit
+        page = newest[1:] if more else newest
+        entries = [message.page_entry() for message in page]
+        return ev.history(self.room_id, self.epoch, entries, more, msg.id)

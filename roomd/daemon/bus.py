@@ -1,6 +1,6 @@
 """The event bus: how a change made outside a room's connections reaches the room.
 
-The server API publishes `Kick` and `Delete`; every node's pump (`EventBus.run`)
+The server API publishes `Kick`, `Unban` and `Delete`; every node's pump (`EventBus.run`)
 hands each event to that node's `on_event` callback, which puts it into the
 live room's inbox as a command, so it is ordered with the room's other events.
 `LocalEventBus` is the one-process implementation; a cluster backend (Redis
@@ -26,13 +26,25 @@ class Delete:
 
 @attrs.frozen
 class Kick:
-    """Remove every connection of `aid` from a room, as the host's `kick` does."""
+    """Remove every connection of `aid` from a room, as the host's `kick` does.
+
+    With `ban`, `aid` is banned too, even when it is not in the room.
+    """
+
+    room_id: str
+    aid: str
+    ban: bool = False
+
+
+@attrs.frozen
+class Unban:
+    """Let a banned `aid` join the room again."""
 
     room_id: str
     aid: str
 
 
-BusEvent = Delete | Kick
+BusEvent = Delete | Kick | Unban
 EventHandler = Callable[[BusEvent], Awaitable[None]]
 
 

@@ -339,8 +339,9 @@ class Reader:
                 session.send(event)
             case ToRoom(_, msg):
                 await self._to_room(session, action, Act(session, msg))
-            case JoinRoom(_, aid, public_key, request_id):
-                await self._to_room(session, action, Join(session, aid, public_key, request_id))
+            case JoinRoom(_, aid, public_key, request_id, since):
+                join = Join(session, aid, public_key, request_id, since)
+                await self._to_room(session, action, join)
             case CreateRoom(aid, encrypted_room_key, _, _):
                 try:
                     room = await self.context.registry.create(

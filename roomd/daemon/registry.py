@@ -32,6 +32,7 @@ from roomd.core.quota import RoomQuota
 from roomd.core.room import Room, RoomRecord, room_tag
 from roomd.core.stats import Stats
 from roomd.daemon.room_loop import Command, RoomLoop
+from roomd.daemon.writer import StoreWriter
 from roomd.store import RoomStore
 
 log = logging.getLogger("roomd.registry")
@@ -47,6 +48,11 @@ HEAP_SLACK = 1024
 def new_room_id() -> str:
     """Return a fresh unguessable room id: 128 random bits, URL-safe."""
     return secrets.token_urlsafe(16)
+
+
+def new_epoch() -> str:
+    """Return a fresh stream epoch: 16 URL-safe characters (96 random bits)."""
+    return secrets.token_urlsafe(12)
 
 
 @attrs.define(eq=False)
@@ -69,6 +75,7 @@ class RoomRegistry:
     config: Config
     nursery: trio.Nursery
     store: RoomStore
+    writer: StoreWriter
     stats: Stats
     wall_ms: Callable[[], int]
     quota: RoomQuota
@@ -185,6 +192,8 @@ class RoomRegistry:
             now_ms=self.wall_ms(),
             max_members=self.config.max_members,
             message_id_prefix=secrets.token_urlsafe(16),
+            epoch=new_epoch(),
+            history=self.config.history_policy(),
         )
         if not await self.store.insert(room.to_record()) or room_id in self:
             return None
@@ -212,8 +221,14 @@ class RoomRegistry:
                 await self.store.delete(record.room_id)
                 expired += 1
                 continue
-            if record.empty_since is None:
-                await self.store.save(attrs.evolve(record, empty_since=empty_since))
+            epoch = record.epoch
+            crashed = record.empty_since is None
+            if not epoch or (crashed and not self.config.history_size):
+                # Without history, members of a room that was live at a crash may
+                # have seen seqs the store never had: a new epoch says so.
+                epoch = new_epoch()
+            if crashed or epoch != record.epoch:
+                await self.store.save(attrs.evolve(record, empty_since=empty_since, epoch=epoch))
             self.quota.reserve(record.host, per_aid=False)
             self._sleep(record.room_id, trio.current_time() + remaining_ms / 1000)
             restored += 1
@@ -261,6 +276,7 @@ class RoomRegistry:
             empty_since=empty_since,
             max_members=self.config.max_members,
             message_id_prefix=secrets.token_urlsafe(16),
+            history=self.config.history_policy(),
         )
 
     def _sleep(self, room_id: str, deadline: float) -> None:
@@ -281,7 +297,7 @@ class RoomRegistry:
         inbox_send, inbox_recv = trio.open_memory_channel[Command](INBOX_SIZE)
         handle = self.live[room.room_id] = RoomHandle(room, inbox_send)
         expiry = Expiry(self.config.room_ttl, expiry_deadline)
-        loop = RoomLoop(room, self.store, self.stats, self.wall_ms, expiry, self.quota)
+        loop = RoomLoop(room, self.store, self.writer, self.stats, self.wall_ms, expiry, self.quota)
         self.nursery.start_soon(self._run_room, loop, inbox_recv, name="room loop")
         return handle
 

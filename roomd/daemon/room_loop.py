@@ -8,9 +8,14 @@ queued, the loop ends and the registry keeps the room dormant: in the store
 and in its expiry index, with the core `Expiry`'s deadline (`room_ttl` after
 the room became empty), and no task of its own.
 
-Durability: when a command changes what the store keeps (host, key, emptiness,
-the `seq` reservation), the loop saves the room *before* anyone is told, so a
-crash can lose an unsent event but never resend a `seq`.
+Durability: the loop applies a burst of commands (everything queued), then
+writes what they changed (the room's record when host, key, emptiness, bans
+or the `seq` reservation changed; a deletion; the messages for history)
+through the `StoreWriter`, one transaction shared with every other room of the
+same scheduler turn, and only then carries out the burst's effects. So a crash
+can lose an unsent event but never resend a `seq`, and with history on every
+message a member received is stored. A join that recovers from `since` and a
+`getHistory` first flush the burst before them, then read history.
 
 Commands come from connections (`Join`, `Act`, `Disconnect`) and from the event
 bus (`Kick`, `Delete`). A refused command is answered with `error` to the
@@ -27,13 +32,16 @@ import trio
 
 from roomd.core import event as ev
 from roomd.core import message as m
+from roomd.core.event import Event
 from roomd.core.expiry import Expiry
+from roomd.core.history import StoredMessage
 from roomd.core.quota import RoomQuota
-from roomd.core.room import Attached, Detached, Effect, Room, Send, room_tag
+from roomd.core.room import Append, Attached, Detached, Effect, Room, Send, room_tag
 from roomd.core.stats import Stats
-from roomd.daemon.bus import Delete, Kick
+from roomd.daemon.bus import Delete, Kick, Unban
 from roomd.daemon.outbox import fan_out
 from roomd.daemon.session import Session
+from roomd.daemon.writer import StoreWriter
 from roomd.errors import ErrorCode, ProtocolError
 from roomd.store import RoomStore
 
@@ -48,6 +56,8 @@ class Join:
     aid: str
     public_key: bytes | None
     request_id: m.RequestId | None
+    # The last position the client saw (PROTOCOL.md section 8.2), or None.
+    since: m.Position | None = None
 
 
 @attrs.frozen
@@ -66,7 +76,7 @@ class Disconnect:
     reason: str
 
 
-Command = Join | Act | Disconnect | Kick | Delete
+Command = Join | Act | Disconnect | Kick | Unban | Delete
 
 
 @attrs.define(eq=False)
@@ -74,7 +84,9 @@ class RoomLoop:
     """Applies one room's commands in order and carries out their effects."""
 
     room: Room
+    # Reads history (recovery, paging); every write goes through `writer`.
     store: RoomStore
+    writer: StoreWriter
     stats: Stats
     # Wall-clock Unix milliseconds (`ts`, `emptySince`).
     wall_ms: Callable[[], int]
@@ -85,6 +97,8 @@ class RoomLoop:
     _saved: tuple[object, ...] = attrs.field(init=False)
     # The host the quota counts this room for.
     counted_host: str | None = attrs.field(init=False)
+    # The effects of the commands applied since the last flush, in order.
+    _effects: list[Effect] = attrs.field(factory=list)
 
     @_saved.default
     def _initially_saved(self) -> tuple[object, ...]:
@@ -108,19 +122,21 @@ class RoomLoop:
                 return
             command = await inbox_recv.receive()
         while True:
-            # Apply everything already queued before yielding: one task switch per
-            # burst, not per command. Shielded: a command is applied whole or not at all.
+            # Apply everything already queued, then make it durable in one write and
+            # carry it out: one task switch and one store batch per burst, not per
+            # command. Shielded: a command is applied whole or not at all.
             with trio.CancelScope(shield=True):
                 while True:
                     await self.apply(command)
                     if room.deleted is not None:
-                        return
+                        break
                     self.expiry.track(room, trio.current_time())
                     try:
                         command = inbox_recv.receive_nowait()
                     except trio.WouldBlock:
                         break
-            if room.is_empty:
+                await self.flush()
+            if room.deleted is not None or room.is_empty:
                 return
             command = await inbox_recv.receive()
 
@@ -130,44 +146,74 @@ class RoomLoop:
         now = self.wall_ms()
         try:
             match command:
-                case Join(session, aid, public_key, request_id):
+                case Join(session, aid, public_key, request_id, since):
                     if not session.connection.join_arrived(room.room_id):
                         return
-                    effects = room.join(session, aid, public_key, now, request_id)
+                    stored = await self._missed(since, now)
+                    effects = room.join(session, aid, public_key, now, request_id, since, stored)
+                case Act(session, m.GetHistory() as msg):
+                    effects = [Send((session,), await self._history(session, msg, now))]
                 case Act(session, msg):
                     effects = room.handle(session, msg, now)
                 case Disconnect(session, reason):
                     effects = room.disconnect(session, reason, now)
-                case Kick(_, aid):
-                    effects = room.kick(aid, now)
+                case Kick(_, aid, ban):
+                    effects = room.kick(aid, now, ban=ban)
+                case Unban(_, aid):
+                    room.unban(aid)
+                    effects = []
                 case Delete(_, reason):
                     effects = room.delete(reason)
         except ProtocolError as exc:
             self.refuse(command, exc)
             return
-        await self.commit(effects)
-
-    async def commit(self, effects: list[Effect]) -> None:
-        """Make the room's new state durable when it must be, then carry out `effects`."""
-        room = self.room
         if room.host != self.counted_host:
             self.quota.host_changed(self.counted_host, room.host)
             self.counted_host = room.host
+        self._effects.extend(effects)
+
+    async def _missed(self, since: m.Position | None, now_ms: int) -> list[StoredMessage]:
+        """Return the stored messages a join from `since` would replay (none: no read)."""
+        room = self.room
+        missed = room.missed(since)
+        if not missed or since is None:
+            return []
+        await self.flush()  # what this burst sent so far is in history first
+        oldest = room.history.oldest_ts(now_ms)
+        return await self.store.messages_after(room.room_id, since.seq, missed, oldest)
+
+    async def _history(self, session: Session, msg: m.GetHistory, now_ms: int) -> Event:
+        room = self.room
+        before, limit = room.history_query(session, msg)
+        if not room.history.on:
+            return room.history_page(msg, [])
+        await self.flush()
+        oldest = room.history.oldest_ts(now_ms)
+        newest = await self.store.messages_before(room.room_id, before, limit + 1, oldest)
+        return room.history_page(msg, newest)
+
+    async def flush(self) -> None:
+        """Make what the applied commands changed durable, then carry out their effects."""
+        room = self.room
+        effects, self._effects = self._effects, []
+        messages = [effect.message for effect in effects if isinstance(effect, Append)]
         if room.deleted is not None:
-            await self.store.delete(room.room_id)
-            self.perform(effects)
-            return
-        if room.is_empty:
-            # An empty room is about to go dormant: no reserved block outlives it, so
-            # the next member sees seq go on from the last one sent.
-            room.settle_seq()
-        if room.durable_state() != self._saved:
-            await self.store.save(room.to_record())
-        self._saved = room.durable_state()
+            await self.writer.write(delete=room.room_id)
+        else:
+            if room.is_empty:
+                # An empty room is about to go dormant: no reserved block outlives it,
+                # so the next member sees seq go on from the last one sent.
+                room.settle_seq()
+            changed = room.durable_state() != self._saved
+            if changed or messages:
+                await self.writer.write(
+                    save=room.to_record() if changed else None, messages=messages
+                )
+            self._saved = room.durable_state()
         self.perform(effects)
 
     def refuse(self, command: Command, exc: ProtocolError) -> None:
-        """Answer `command` with the error `exc` (bus commands have no one to answer)."""
+        """Answer `command` with the error `exc`, in order (bus commands have no one to answer)."""
         if isinstance(command, Join):
             session, request_id = command.session, command.request_id
         elif isinstance(command, Act):
@@ -176,7 +222,7 @@ class RoomLoop:
             kind = type(command).__name__  # not the command: it would show room ids in full
             log.debug("room %s: %s refused: %s", room_tag(self.room.room_id), kind, exc.code)
             return
-        session.send(ev.error(exc, request_id, self.room.room_id))
+        self._effects.append(Send((session,), ev.error(exc, request_id, self.room.room_id)))
 
     def perform(self, effects: list[Effect]) -> None:
         """Carry out the effects of one room method, in order."""

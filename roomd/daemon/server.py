@@ -4,6 +4,8 @@
     └── server nursery
         ├── alive mark: "this server is running" into the store, every minute
         ├── expiry timer: deletes dormant rooms on time (one cancel scope for all)
+        ├── store writer: each scheduler turn's room changes, one transaction
+        ├── history sweep: messages older than history_ttl, every minute
         ├── flusher: every dirty outbox -> its socket, once per scheduler turn
         ├── event bus pump: bus events -> room inboxes
         └── rooms nursery: one room loop per live room (RoomRegistry); an empty
@@ -46,9 +48,14 @@ from roomd.daemon.outbox import Flusher
 from roomd.daemon.reader import ConnectionContext, serve_connection
 from roomd.daemon.registry import RoomRegistry
 from roomd.daemon.session import Sessions
+from roomd.daemon.writer import StoreWriter
 from roomd.store import RoomStore
 
 log = logging.getLogger("roomd.server")
+
+# How often (seconds, at the most) messages older than history_ttl are deleted;
+# reads never return them meanwhile.
+HISTORY_SWEEP_EVERY = 60.0
 
 
 def make_ssl_context(cert: Path, key: Path) -> ssl.SSLContext:
@@ -157,15 +164,20 @@ class Server:
         )
         sessions = Sessions(self.stats)
         flusher = Flusher()
+        # In the server nursery: it outlives the rooms, which write through it.
+        writer = StoreWriter(self.store, config.history_size)
+        await server_nursery.start(writer.run)
         async with trio.open_nursery() as rooms_nursery:
             quota = RoomQuota(config.max_rooms, config.max_rooms_per_aid)
             registry = RoomRegistry(
-                config, rooms_nursery, self.store, self.stats, self.wall_ms, quota
+                config, rooms_nursery, self.store, writer, self.stats, self.wall_ms, quota
             )
             restored, expired = await registry.restore()
             if restored or expired:
                 log.info("rooms restored: %d, expired while down: %d", restored, expired)
             await server_nursery.start(self._mark_alive)
+            if config.history_size and config.history_ttl:
+                await server_nursery.start(self._sweep_history)
             await server_nursery.start(registry.run_expiry)
             await server_nursery.start(flusher.run)
             await server_nursery.start(self.bus.run, partial(_to_room, registry))
@@ -213,6 +225,19 @@ class Server:
             # their last seq on the way out.
             rooms_nursery.cancel_scope.cancel()
 
+    async def _sweep_history(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Forget, now and then, the messages older than `history_ttl`."""
+        policy = self.config.history_policy()
+        interval = min(HISTORY_SWEEP_EVERY, self.config.history_ttl / 10)
+        task_status.started()
+        while True:
+            await trio.sleep(interval)
+            swept = await self.store.sweep_history(policy.oldest_ts(self.wall_ms()))
+            if swept:
+                log.debug("history: %d messages aged out", swept)
+
     async def _mark_alive(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
@@ -228,7 +253,7 @@ class Server:
 async def _to_room(registry: RoomRegistry, event: BusEvent) -> None:
     """Hand an event from the bus to the room it names (if it is a room here)."""
     while True:
-        if isinstance(event, Kick):
+        if isinstance(event, Kick) and not event.ban:
             handle = registry.live.get(event.room_id)  # a dormant room has no one to kick
         else:
             handle = await registry.wake(event.room_id)

@@ -19,10 +19,31 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import attrs
+
+from roomd.core.history import StoredMessage
 from roomd.core.room import RoomRecord
 
 # How many rooms `load` returns at a time by default.
 LOAD_PAGE = 1000
+
+
+@attrs.define
+class Batch:
+    """What the rooms changed in one scheduler turn, written as one transaction.
+
+    `saves` (by room id, the latest record wins), then `deletes` (each with its
+    history), then `messages` appended to history, each room's history trimmed
+    to its newest `keep` messages.
+    """
+
+    keep: int
+    saves: dict[str, RoomRecord] = attrs.field(factory=dict)
+    deletes: set[str] = attrs.field(factory=set)
+    messages: list[StoredMessage] = attrs.field(factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.saves or self.deletes or self.messages)
 
 
 class RoomStore(Protocol):
@@ -48,7 +69,30 @@ class RoomStore(Protocol):
         ...
 
     async def delete(self, room_id: str) -> None:
-        """Forget a room (no error when it is unknown)."""
+        """Forget a room and its history (no error when it is unknown)."""
+        ...
+
+    async def commit(self, batch: Batch) -> None:
+        """Write `batch` atomically; durable on return (a process crash cannot undo it)."""
+        ...
+
+    async def messages_after(
+        self, room_id: str, after: int, limit: int, oldest_ts: int
+    ) -> list[StoredMessage]:
+        """Return the oldest `limit` messages of `room_id` with `seq > after`, oldest first.
+
+        Messages with `ts < oldest_ts` have aged out and are never returned.
+        """
+        ...
+
+    async def messages_before(
+        self, room_id: str, before: int, limit: int, oldest_ts: int
+    ) -> list[StoredMessage]:
+        """Return the newest `limit` messages of `room_id` with `seq < before`, oldest first."""
+        ...
+
+    async def sweep_history(self, oldest_ts: int) -> int:
+        """Forget every message with `ts < oldest_ts`; return how many went."""
         ...
 
     async def mark_alive(self, now_ms: int) -> None:

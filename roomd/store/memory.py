@@ -1,14 +1,20 @@
-"""A room store in a dict: fast, in-process, forgotten at exit."""
+"""A room store in a dict: fast, in-process, forgotten at exit.
+
+History is a ring per room (a deque of at most `keep` messages), so it costs
+memory: at most `history_size` messages per room.
+"""
 
 from __future__ import annotations
 
 import heapq
+from collections import deque
 
 import attrs
 import trio
 
+from roomd.core.history import StoredMessage
 from roomd.core.room import RoomRecord
-from roomd.store import LOAD_PAGE
+from roomd.store import LOAD_PAGE, Batch
 
 
 @attrs.define
@@ -16,6 +22,7 @@ class MemoryRoomStore:
     """A store in a dict: fast, in-process, forgotten at exit."""
 
     records: dict[str, RoomRecord] = attrs.field(factory=dict)
+    histories: dict[str, deque[StoredMessage]] = attrs.field(factory=dict)
     alive_ms: int | None = None
 
     async def load(self, after: str = "", limit: int = LOAD_PAGE) -> list[RoomRecord]:
@@ -46,6 +53,47 @@ class MemoryRoomStore:
         """Forget a room (no error when it is unknown)."""
         await trio.lowlevel.checkpoint()
         self.records.pop(room_id, None)
+        self.histories.pop(room_id, None)
+
+    async def commit(self, batch: Batch) -> None:
+        """Write `batch` (at once: nothing else runs in between)."""
+        await trio.lowlevel.checkpoint()
+        self.records.update(batch.saves)
+        for room_id in batch.deletes:
+            self.records.pop(room_id, None)
+            self.histories.pop(room_id, None)
+        for message in batch.messages:
+            ring = self.histories.get(message.room_id)
+            if ring is None or ring.maxlen != batch.keep:
+                ring = self.histories[message.room_id] = deque(ring or (), maxlen=batch.keep)
+            ring.append(message)
+
+    async def messages_after(
+        self, room_id: str, after: int, limit: int, oldest_ts: int
+    ) -> list[StoredMessage]:
+        """Return the oldest `limit` messages of `room_id` with `seq > after`, oldest first."""
+        await trio.lowlevel.checkpoint()
+        ring = self.histories.get(room_id, ())
+        return [m for m in ring if m.seq > after and m.ts >= oldest_ts][:limit]
+
+    async def messages_before(
+        self, room_id: str, before: int, limit: int, oldest_ts: int
+    ) -> list[StoredMessage]:
+        """Return the newest `limit` messages of `room_id` with `seq < before`, oldest first."""
+        await trio.lowlevel.checkpoint()
+        ring = self.histories.get(room_id, ())
+        kept = [m for m in ring if m.seq < before and m.ts >= oldest_ts]
+        return kept[-limit:]
+
+    async def sweep_history(self, oldest_ts: int) -> int:
+        """Forget every message with `ts < oldest_ts`; return how many went."""
+        await trio.lowlevel.checkpoint()
+        swept = 0
+        for ring in self.histories.values():
+            while ring and ring[0].ts < oldest_ts:
+                ring.popleft()
+                swept += 1
+        return swept
 
     async def mark_alive(self, now_ms: int) -> None:
         """Record that roomd was running at `now_ms`."""

@@ -1,46 +1,72 @@
 """A room store in one SQLite file of the data dir, off the trio loop.
 
 Every call runs on a worker thread (one at a time), so the trio loop never
-blocks on the disk. WAL with `synchronous=FULL`: a committed save survives the
-process being killed, and power loss.
+blocks on the disk. The schema and its migrations are in sqlite_schema.py.
+
+Durability: WAL with `synchronous=NORMAL`. A commit is in the WAL file (written,
+not yet fsynced) when it returns, so it survives the process dying at any point,
+`kill -9` included: the kernel keeps the written pages and the next open
+replays the WAL. Only an OS crash or power loss can drop the last commits
+before a checkpoint; `FULL` would fsync every commit (one per scheduler turn
+that stored a message) for that case alone.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import attrs
 import trio
 
+from roomd.core.history import StoredMessage
 from roomd.core.room import RoomRecord
-from roomd.store import LOAD_PAGE
+from roomd.store import LOAD_PAGE, Batch
+from roomd.store.sqlite_schema import migrate
 
 T = TypeVar("T")
 
 DB_FILE = "rooms.sqlite3"
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS rooms (
-    room_id TEXT PRIMARY KEY,
-    host TEXT,
-    encrypted_room_key BLOB,
-    created_at INTEGER NOT NULL,
-    empty_since INTEGER,
-    seq_reserved INTEGER NOT NULL
+_COLUMNS = (
+    "room_id, host, encrypted_room_key, created_at, empty_since, seq_reserved,"
+    " epoch, key_epoch, bans"
 )
-"""
-# One row: when roomd last marked itself alive. Created when missing, so a data
-# dir written before it existed opens as it is.
-_ALIVE_SCHEMA = """
-CREATE TABLE IF NOT EXISTS alive (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    at_ms INTEGER NOT NULL
-)
-"""
-_COLUMNS = "room_id, host, encrypted_room_key, created_at, empty_since, seq_reserved"
+_MESSAGE_COLUMNS = "room_id, seq, message_id, sender, ciphertext, iv, client_msg_id, ts, key_epoch"
+_UPSERT = f"INSERT OR REPLACE INTO rooms ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+
+
+def _row(record: RoomRecord) -> tuple[Any, ...]:
+    return (
+        record.room_id,
+        record.host,
+        record.encrypted_room_key,
+        record.created_at,
+        record.empty_since,
+        record.seq_reserved,
+        record.epoch,
+        record.key_epoch,
+        json.dumps(sorted(record.bans)),
+    )
+
+
+def _record(row: tuple[Any, ...]) -> RoomRecord:
+    room_id, host, key, created_at, empty_since, seq_reserved, epoch, key_epoch, bans = row
+    return RoomRecord(
+        room_id,
+        host,
+        key,
+        created_at,
+        empty_since,
+        seq_reserved,
+        epoch,
+        key_epoch,
+        frozenset(json.loads(bans)),
+    )
 
 
 class SqliteRoomStore:
@@ -48,12 +74,14 @@ class SqliteRoomStore:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # WAL + FULL: a committed write survives the process being killed, and power loss.
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(_SCHEMA)
-        self._db.execute(_ALIVE_SCHEMA)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            migrate(self._db, path.name)
+        except BaseException:
+            self._db.close()
+            raise
         self._limiter = trio.CapacityLimiter(1)
 
     @classmethod
@@ -67,7 +95,7 @@ class SqliteRoomStore:
     async def load(self, after: str = "", limit: int = LOAD_PAGE) -> list[RoomRecord]:
         """Return up to `limit` stored rooms whose ids sort after `after`, in id order."""
         rows = await self._run(self._select_page, after, limit)
-        return [RoomRecord(*row) for row in rows]
+        return [_record(row) for row in rows]
 
     def _select_page(self, after: str, limit: int) -> list[tuple[Any, ...]]:
         query = f"SELECT {_COLUMNS} FROM rooms WHERE room_id > ? ORDER BY room_id LIMIT ?"
@@ -76,7 +104,7 @@ class SqliteRoomStore:
     async def get(self, room_id: str) -> RoomRecord | None:
         """Return the stored room `room_id`, or None when there is none."""
         row = await self._run(self._select_one, room_id)
-        return None if row is None else RoomRecord(*row)
+        return None if row is None else _record(row)
 
     def _select_one(self, room_id: str) -> tuple[Any, ...] | None:
         query = f"SELECT {_COLUMNS} FROM rooms WHERE room_id = ?"
@@ -89,8 +117,8 @@ class SqliteRoomStore:
 
     def _insert(self, record: RoomRecord) -> bool:
         cursor = self._db.execute(
-            f"INSERT OR IGNORE INTO rooms ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-            attrs.astuple(record),
+            f"INSERT OR IGNORE INTO rooms ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            _row(record),
         )
         return cursor.rowcount == 1
 
@@ -99,17 +127,84 @@ class SqliteRoomStore:
         await self._run(self._save, record)
 
     def _save(self, record: RoomRecord) -> None:
-        self._db.execute(
-            f"INSERT OR REPLACE INTO rooms ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-            attrs.astuple(record),
-        )
+        self._db.execute(_UPSERT, _row(record))
 
     async def delete(self, room_id: str) -> None:
         """Forget a room (no error when it is unknown)."""
         await self._run(self._delete, room_id)
 
     def _delete(self, room_id: str) -> None:
-        self._db.execute("DELETE FROM rooms WHERE room_id = ?", (room_id,))
+        with self._transaction():
+            self._db.execute("DELETE FROM rooms WHERE room_id = ?", (room_id,))
+            self._db.execute("DELETE FROM messages WHERE room_id = ?", (room_id,))
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    async def commit(self, batch: Batch) -> None:
+        """Write `batch` as one transaction; durable against a process crash on return."""
+        await self._run(self._commit, batch)
+
+    def _commit(self, batch: Batch) -> None:
+        db = self._db
+        with self._transaction():
+            db.executemany(_UPSERT, [_row(record) for record in batch.saves.values()])
+            deleted = [(room_id,) for room_id in batch.deletes]
+            db.executemany("DELETE FROM rooms WHERE room_id = ?", deleted)
+            db.executemany("DELETE FROM messages WHERE room_id = ?", deleted)
+            if not batch.messages:
+                return
+            db.executemany(
+                f"INSERT OR REPLACE INTO messages ({_MESSAGE_COLUMNS})"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [attrs.astuple(message) for message in batch.messages],
+            )
+            newest: dict[str, int] = {}
+            for message in batch.messages:
+                newest[message.room_id] = max(message.seq, newest.get(message.room_id, 0))
+            db.executemany(
+                "DELETE FROM messages WHERE room_id = ? AND seq <= ?",
+                [(room_id, seq - batch.keep) for room_id, seq in newest.items()],
+            )
+
+    async def messages_after(
+        self, room_id: str, after: int, limit: int, oldest_ts: int
+    ) -> list[StoredMessage]:
+        """Return the oldest `limit` messages of `room_id` with `seq > after`, oldest first."""
+        query = (
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE room_id = ? AND seq > ?"
+            " AND ts >= ? ORDER BY seq LIMIT ?"
+        )
+        rows = await self._run(self._select, query, (room_id, after, oldest_ts, limit))
+        return [StoredMessage(*row) for row in rows]
+
+    async def messages_before(
+        self, room_id: str, before: int, limit: int, oldest_ts: int
+    ) -> list[StoredMessage]:
+        """Return the newest `limit` messages of `room_id` with `seq < before`, oldest first."""
+        query = (
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE room_id = ? AND seq < ?"
+            " AND ts >= ? ORDER BY seq DESC LIMIT ?"
+        )
+        rows = await self._run(self._select, query, (room_id, before, oldest_ts, limit))
+        return [StoredMessage(*row) for row in reversed(rows)]
+
+    def _select(self, query: str, parameters: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        return self._db.execute(query, parameters).fetchall()
+
+    async def sweep_history(self, oldest_ts: int) -> int:
+        """Forget every message with `ts < oldest_ts`; return how many went."""
+        return await self._run(self._sweep, oldest_ts)
+
+    def _sweep(self, oldest_ts: int) -> int:
+        return self._db.execute("DELETE FROM messages WHERE ts < ?", (oldest_ts,)).rowcount
 
     async def mark_alive(self, now_ms: int) -> None:
         """Record that roomd was running at `now_ms`; durable on return."""

@@ -400,7 +400,10 @@ def test_hello_tells_the_client_its_limits() -> None:
             "maxMembers": 16,
             "maxRoomsPerConnection": 3,
             "maxRoomsPerAid": 4,
+            "historySize": 0,
+            "recoveryLimit": 0,
         },
+        "features": ["keyEpochs"],
     }
 
 

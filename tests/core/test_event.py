@@ -23,20 +23,31 @@ MEMBERS = [ev.member("alice", b"\x00pk"), ev.member("bob", None)]
 # (version 1 fields; optional ones given, so every field is there).
 BUILDERS: list[tuple[Callable[[], Event], str, set[str]]] = [
     (
-        lambda: ev.hello("roomd.v1", 25.0, 10.0, LIMITS),
+        lambda: ev.hello("roomd.v1", 25.0, 10.0, LIMITS, ["history", "keyEpochs"]),
         "hello",
-        {"protocol", "heartbeatInterval", "authTimeout", "limits"},
+        {"protocol", "heartbeatInterval", "authTimeout", "limits", "features"},
     ),
     (lambda: ev.auth_ok("alice", 1_700_000_000, 1), "authOk", {"aid", "expiresAt", "id"}),
     (
-        lambda: ev.join_success(R, "alice", "alice", b"KEY", MEMBERS, 7, "j"),
+        lambda: ev.join_success(R, "alice", "alice", b"KEY", MEMBERS, 7, "E0", 2, True, "j"),
         "joinSuccess",
-        {"roomId", "you", "host", "encryptedRoomKey", "members", "lastSeq", "id"},
+        {
+            "roomId",
+            "you",
+            "host",
+            "encryptedRoomKey",
+            "members",
+            "lastSeq",
+            "epoch",
+            "keyEpoch",
+            "recovered",
+            "id",
+        },
     ),
     (
-        lambda: ev.new_message(R, 1, "px1", "alice", b"\xffct", b"iv", "c1", 1_000),
+        lambda: ev.new_message(R, 1, "px1", "alice", b"\xffct", b"iv", "c1", 1_000, 3),
         "newMessage",
-        {"roomId", "seq", "messageId", "from", "ciphertext", "iv", "clientMsgId", "ts"},
+        {"roomId", "seq", "messageId", "from", "ciphertext", "iv", "clientMsgId", "ts", "keyEpoch"},
     ),
     (lambda: ev.user_joined(R, "bob", b"pk"), "userJoined", {"roomId", "aid", "publicKey"}),
     (lambda: ev.user_left(R, "bob", "timeout"), "userLeft", {"roomId", "aid", "reason"}),
@@ -49,9 +60,15 @@ BUILDERS: list[tuple[Callable[[], Event], str, set[str]]] = [
     ),
     (lambda: ev.signal(R, "alice", b"\x00sig"), "signal", {"roomId", "from", "payload"}),
     (
-        lambda: ev.room_key_updated(R, b"KEY2", "alice"),
+        lambda: ev.room_key_updated(R, b"KEY2", "alice", 1),
         "roomKeyUpdated",
-        {"roomId", "encryptedRoomKey", "by"},
+        {"roomId", "encryptedRoomKey", "by", "keyEpoch"},
+    ),
+    (lambda: ev.unbanned(R, "bob", 4), "unbanned", {"roomId", "aid", "id"}),
+    (
+        lambda: ev.history(R, "E0", [], False, 5),
+        "history",
+        {"roomId", "epoch", "messages", "more", "id"},
     ),
     (lambda: ev.left_chatroom(R, "left", 3), "leftChatroom", {"roomId", "reason", "id"}),
     (lambda: ev.room_deleted(R, "expired"), "roomDeleted", {"roomId", "reason"}),
@@ -145,7 +162,7 @@ def test_new_message_has_iv_and_client_msg_id_only_when_given(
     iv: bytes | None, client_msg_id: str | None, extra: Event
 ) -> None:
     """newMessage carries iv and clientMsgId only when given, and always its ts."""
-    event = ev.new_message(R, 3, "px3", "alice", b"ct", iv, client_msg_id, 1_700_000_000_123)
+    event = ev.new_message(R, 3, "px3", "alice", b"ct", iv, client_msg_id, 1_700_000_000_123, None)
     assert event == {
         "type": "newMessage",
         "roomId": R,
@@ -160,7 +177,7 @@ def test_new_message_has_iv_and_client_msg_id_only_when_given(
 
 def test_new_message_is_no_reply() -> None:
     """A broadcast carries no id (PROTOCOL.md section 1): newMessage has no id parameter."""
-    assert "id" not in ev.new_message(R, 1, "px1", "alice", b"ct", None, "c1", 0)
+    assert "id" not in ev.new_message(R, 1, "px1", "alice", b"ct", None, "c1", 0, None)
 
 
 # -- every builder ----------------------------------------------------------------
@@ -176,14 +193,14 @@ def test_each_builder_makes_its_protocol_type_with_its_fields(
     assert set(event) == fields | {"type"}
 
 
-def test_every_server_to_client_type_of_version_1_has_a_builder() -> None:
-    """The builders cover every type of PROTOCOL.md section 5 but the 1.1 additions."""
-    v1_types = {
+def test_every_server_to_client_type_has_a_builder() -> None:
+    """The builders cover every type of PROTOCOL.md section 5, the 1.1 ones included."""
+    types = {
         *("hello", "authOk", "joinSuccess", "newMessage", "userJoined", "userLeft"),
         *("hostUpdated", "typing", "reaction", "signal", "roomKeyUpdated"),
-        *("leftChatroom", "roomDeleted", "error"),
+        *("leftChatroom", "roomDeleted", "error", "history", "unbanned"),
     }
-    assert set(BUILDER_IDS) == v1_types
+    assert set(BUILDER_IDS) == types
 
 
 def test_a_member_entry_is_aid_and_public_key() -> None:

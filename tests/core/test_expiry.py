@@ -12,8 +12,10 @@ from roomd.core.expiry import (
     remaining_ttl_ms,
     restored_empty_since,
 )
+from roomd.core.history import HistoryPolicy
 from roomd.core.room import Room, RoomRecord
 
+HISTORY_OFF = HistoryPolicy(size=0, ttl_ms=0, recovery_limit=0)
 TTL = 100.0
 INF = math.inf
 
@@ -27,6 +29,8 @@ def new_room() -> Room:
         now_ms=0,
         max_members=8,
         message_id_prefix="px",
+        epoch="E0",
+        history=HISTORY_OFF,
     )
 
 

@@ -9,9 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from roomd.core import message as m
+from roomd.core.history import HistoryPolicy
 from roomd.core.room import Attached, Detached, Effect, Room, Send
 from roomd.errors import ErrorCode, ProtocolError
 
+HISTORY_OFF = HistoryPolicy(size=0, ttl_ms=0, recovery_limit=0)
 R = "r1"
 T0 = 1_000
 
@@ -25,6 +27,8 @@ def new_room(host: str | None = "alice", *, key: bytes | None = b"K", max_member
         now_ms=T0,
         max_members=max_members,
         message_id_prefix="px",
+        epoch="E0",
+        history=HISTORY_OFF,
     )
 
 
@@ -78,6 +82,8 @@ def test_creator_joins_an_empty_room_as_host() -> None:
         "encryptedRoomKey": b"K",
         "members": [{"aid": "alice", "publicKey": b"apk"}],
         "lastSeq": 0,
+        "epoch": "E0",
+        "keyEpoch": 0,
         "id": 7,
     }
     assert effects == [Attached("c1"), Send(("c1",), success)]
@@ -267,7 +273,13 @@ def test_update_room_key_reaches_everyone_and_later_joiners() -> None:
     """roomKeyUpdated goes to all with `by`; the next joinSuccess carries the new key."""
     room = populated(("a1", "alice"), ("b1", "bob"))
     effects = room.handle("a1", m.UpdateRoomKey(room_id=R, encrypted_room_key=b"K2"), T0)
-    updated = {"type": "roomKeyUpdated", "roomId": R, "encryptedRoomKey": b"K2", "by": "alice"}
+    updated = {
+        "type": "roomKeyUpdated",
+        "roomId": R,
+        "encryptedRoomKey": b"K2",
+        "by": "alice",
+        "keyEpoch": 1,
+    }
     assert effects == [Send(("a1", "b1"), updated)]
     assert sent(room.join("c1", "carol", None, T0))[-1][1]["encryptedRoomKey"] == b"K2"
 

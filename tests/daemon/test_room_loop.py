@@ -278,6 +278,7 @@ async def test_host_operations_are_observed_by_every_member(
                     "roomId": room,
                     "encryptedRoomKey": "a2V5",
                     "by": "alice",
+                    "keyEpoch": 1,
                 },
                 {"type": "hostUpdated", "roomId": room, "host": "bob"},
             ]
