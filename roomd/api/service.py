@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from roomd.core.event import Event
 from roomd.core.room import Room
 from roomd.core.stats import LiveCounts
 
@@ -50,6 +51,21 @@ class RoomService(Protocol):
         """
         ...
 
-    async def kick(self, room_id: str, aid: str) -> None:
-        """Remove every connection of `aid` from a room, as the host's `kick` does."""
+    async def kick(self, room_id: str, aid: str, *, ban: bool = False) -> None:
+        """Remove every connection of `aid` from a room, as the host's `kick` does.
+
+        With `ban`, `aid` may not join again until unbanned, even if it was absent.
+        """
+        ...
+
+    async def unban(self, room_id: str, aid: str) -> None:
+        """Let a banned `aid` join the room again."""
+        ...
+
+    async def history(self, room_id: str, before: int | None, limit: int) -> Event | None:
+        """Return the room's `history` page (PROTOCOL.md section 8.3), or None if no room.
+
+        The newest `limit` messages with `seq < before` (default: all), oldest
+        first, blobs as bytes; `more` when older ones are kept.
+        """
         ...

@@ -12,10 +12,12 @@ from __future__ import annotations
 import attrs
 import trio
 
+from roomd.core import message as m
 from roomd.core.admission import Admission
+from roomd.core.event import Event
 from roomd.core.room import Room
 from roomd.core.stats import LiveCounts
-from roomd.daemon.bus import Delete, EventBus, Kick
+from roomd.daemon.bus import Delete, EventBus, Kick, Unban
 from roomd.daemon.registry import RoomRegistry
 from roomd.daemon.session import Sessions
 
@@ -64,6 +66,23 @@ class RoomControl:
         with trio.move_on_after(DELETE_WAIT):
             await self.registry.wait_deleted(room_id)
 
-    async def kick(self, room_id: str, aid: str) -> None:
-        """Remove every connection of `aid` from a room, through the bus."""
-        await self.bus.publish(Kick(room_id, aid))
+    async def kick(self, room_id: str, aid: str, *, ban: bool = False) -> None:
+        """Remove every connection of `aid` from a room (banning it with `ban`), through the bus."""
+        await self.bus.publish(Kick(room_id, aid, ban))
+
+    async def unban(self, room_id: str, aid: str) -> None:
+        """Let a banned `aid` join the room again, through the bus."""
+        await self.bus.publish(Unban(room_id, aid))
+
+    async def history(self, room_id: str, before: int | None, limit: int) -> Event | None:
+        """Return the `history` page of room `room_id` (PROTOCOL.md 8.3), or None if no room."""
+        room = await self.registry.read(room_id)
+        if room is None:
+            return None
+        page = m.GetHistory(room_id=room_id, before=before, limit=limit)
+        if not room.history.on:
+            return room.history_page(page, [])
+        store, oldest = self.registry.store, room.history.oldest_ts(self.registry.wall_ms())
+        first_after = room.seq + 1 if before is None else before
+        newest = await store.messages_before(room_id, first_after, limit + 1, oldest)
+        return room.history_page(page, newest)
