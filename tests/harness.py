@@ -148,8 +148,8 @@ class Harness:
         client = Client(stream, cbor=codec == "roomd.v1.cbor")
         status = await client.handshake(path, [codec] if codec else [], headers or [])
         if status == 101:
-            hello = await client.recv()
-            assert hello["type"] == "hello"
+            client.hello = await client.recv()
+            assert client.hello["type"] == "hello"
         return client
 
     async def login(self, aid: str, *, ttl: float = 3600, **kwargs: Any) -> Client:
@@ -245,6 +245,8 @@ class Client:
     subprotocol: str | None = None
     reject_status: int | None = None
     reject_body: bytes = b""
+    # The server's `hello`, once the handshake is done.
+    hello: dict[str, Any] = attrs.field(factory=dict)
     _inbox: list[dict[str, Any]] = attrs.field(factory=list)
     _parts: list[Any] = attrs.field(factory=list)
 

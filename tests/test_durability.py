@@ -73,6 +73,78 @@ def test_rooms_and_seq_survive_sigkill(start_roomd: Start, tmp_path: Path) -> No
     carol.close()
 
 
+def _crash_after_seven(start_roomd: Start, *args: str) -> tuple[str, dict[str, object]]:
+    """Run roomd (with `args`), send 7 messages into a new room with two members, kill -9 it.
+
+    Returns the room id and bob's joinSuccess from before the crash.
+    """
+    first = start_roomd("--rate", "1000", "--burst", "1000", *args)
+    alice = WsClient(first.url)
+    alice.login("alice")
+    room_id = str(alice.request({"type": "createChatroom"})["roomId"])
+    bob, joined = _join(first, "bob", room_id)
+    assert _send(alice, room_id, 7) == list(range(1, 8))
+    assert [bob.recv_type("newMessage")["seq"] for _ in range(7)] == list(range(1, 8))
+    first.proc.send_signal(signal.SIGKILL)
+    first.proc.wait(5)
+    alice.close()
+    bob.close()
+    return room_id, joined
+
+
+@pytest.mark.e2e
+def test_with_history_a_sigkill_loses_no_seq_and_keeps_the_epoch(
+    start_roomd: Start, tmp_path: Path
+) -> None:
+    """kill -9 after 7 messages: lastSeq is exactly 7, same epoch, history 1..7, then 8."""
+    room_id, before = _crash_after_seven(start_roomd)
+    second = start_roomd(data_dir=tmp_path)
+    carol, joined = _join(second, "carol", room_id)
+    assert (joined["lastSeq"], joined["epoch"]) == (7, before["epoch"])
+    carol.send({"type": "getHistory", "roomId": room_id})
+    page = carol.recv_type("history")
+    assert page["epoch"] == before["epoch"]
+    assert [entry["seq"] for entry in page["messages"]] == list(range(1, 8))
+    assert [entry["ciphertext"] for entry in page["messages"]] == [
+        b64(b"m%d" % n) for n in range(7)
+    ]
+    assert page["more"] is False
+    assert _send(carol, room_id, 1) == [8]
+    # A member that saw up to 4 before the crash recovers 5..7 exactly.
+    dave = WsClient(second.url)
+    dave.login("dave")
+    since = {"epoch": before["epoch"], "seq": 4}
+    rejoined = dave.request({"type": "joinChatroom", "roomId": room_id, "since": since})
+    assert rejoined["recovered"] is True
+    assert [dave.recv_type("newMessage")["seq"] for _ in range(4)] == [5, 6, 7, 8]
+    carol.close()
+    dave.close()
+
+
+@pytest.mark.e2e
+def test_without_history_a_sigkill_changes_the_epoch_and_seq_never_repeats(
+    start_roomd: Start, tmp_path: Path
+) -> None:
+    """With --history-size 0, kill -9 gives the room a new epoch; its seq goes on above 7."""
+    room_id, before = _crash_after_seven(start_roomd, "--history-size", "0")
+    second = start_roomd("--history-size", "0", data_dir=tmp_path)
+    carol, joined = _join(second, "carol", room_id)
+    assert joined["epoch"] != before["epoch"]
+    assert isinstance(joined["lastSeq"], int) and joined["lastSeq"] >= 7
+    (after,) = _send(carol, room_id, 1)
+    assert after > 7
+    stale = {"epoch": before["epoch"], "seq": 7}
+    dave = WsClient(second.url)
+    dave.login("dave")
+    rejoined = dave.request({"type": "joinChatroom", "roomId": room_id, "since": stale})
+    assert rejoined["recovered"] is False
+    carol.send({"type": "getHistory", "roomId": room_id})
+    page = carol.recv_type("history")
+    assert page["messages"] == [] and page["more"] is False
+    carol.close()
+    dave.close()
+
+
 @pytest.mark.e2e
 def test_graceful_restart_keeps_seq_contiguous_and_host(start_roomd: Start, tmp_path: Path) -> None:
     """After SIGTERM and a restart the next seq is exactly one more, and the host is kept."""
