@@ -198,6 +198,18 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def history_cost(results: list[dict[str, Any]]) -> float | None:
+    """Return how much more server CPU per delivery `rooms` took than `rooms-no-history`.
+
+    None unless both ran and measured the server.
+    """
+    by_name = {r["name"]: r.get("server_us_per_delivery") for r in results}
+    on, off = by_name.get("rooms"), by_name.get("rooms-no-history")
+    if not on or not off:
+        return None
+    return float(on) / float(off) - 1
+
+
 def write(directory: Path, document: dict[str, Any]) -> Path:
     """Write `document` as `<directory>/<UTC timestamp>.json` and `latest.json`."""
     directory.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,8 @@
 """`python -m bench`: start roomd (or use `--url`), run scenarios, report.
 
 Without `--url`, each scenario variant gets a fresh `roomd serve` on 127.0.0.1,
-port 0, a temporary data dir, the memory store, no REST API and every limit
+port 0, a temporary data dir with its default SQLite store and history on
+(`rooms-no-history` turns it off), no REST API and every limit
 lifted, so that its CPU, RSS and rooms are its own; the server is stopped with
 SIGTERM afterwards. With `--url`, the scenarios run against that server, and
 `--server-pid` (optional) lets the benchmark read its CPU and RSS.
@@ -41,6 +42,8 @@ SUITE: dict[str, tuple[str, dict[str, Any]]] = {
     "fanout-500-blast": ("fanout", {"members": 500, "mode": "blast", "count": 2000}),
     "fanout-500-paced": ("fanout", {"members": 500, "mode": "paced"}),
     "rooms": ("rooms", {"rooms": 200, "size": 10, "rate": 1.0, "duration": 15.0}),
+    # The same chat mix with history off: what storing every message costs.
+    "rooms-no-history": ("rooms", {"rooms": 200, "size": 10, "rate": 1.0, "duration": 15.0}),
     "idle": ("idle", {"connections": 10_000, "size": 10, "hold": 20.0}),
     "churn": ("churn", {"rate": 100.0, "duration": 10.0, "rooms": 20}),
 }
@@ -49,9 +52,11 @@ ON_REQUEST: dict[str, tuple[str, dict[str, Any]]] = {
     "soak": ("soak", {"duration": 600.0}),
 }
 VARIANTS = {**SUITE, **ON_REQUEST}
+# roomd flags of one variant, on top of SERVER_FLAGS.
+VARIANT_FLAGS: dict[str, list[str]] = {"rooms-no-history": ["--history-size", "0"]}
 
 SERVER_FLAGS = [
-    "--host", "127.0.0.1", "--port", "0", "--store", "memory", "--no-api",
+    "--host", "127.0.0.1", "--port", "0", "--no-api",
     "--max-conns-per-ip", "0", "--rate", "1000000", "--burst", "1000000",
     "--send-queue", "8192", "--max-members", "1000", "--heartbeat-interval", "10",
     "--log-level", "WARNING",
@@ -279,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.url:
             result = run_variant(name, settings, args.url, args.token_secret, args.server_pid, args)
         else:
-            with roomd_server(args.server_arg) as server:
+            with roomd_server([*VARIANT_FLAGS.get(name, []), *args.server_arg]) as server:
                 server_argv = server.argv
                 pid = server.process.pid
                 result = run_variant(name, settings, server.url, server.secret, pid, args)
@@ -287,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.time() - started
     print()
     print(report.table(results))
+    cost = report.history_cost(results)
+    if cost is not None:
+        print(f"\nhistory on: chat mix server CPU per delivery {cost:+.1%} against history off")
     print(f"\n{len(results)} scenarios in {elapsed:.0f}s")
     document = {
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
