@@ -106,6 +106,9 @@ class RoomdProcess:
         if line is None or not line.startswith("listening "):
             proc.kill()
             proc.wait(STOP_TIMEOUT)
+            reader.join(STOP_TIMEOUT)
+            if proc.stdout is not None:
+                proc.stdout.close()
             raise AssertionError(
                 f"roomd did not start: stdout {line!r}, stderr {stderr_path.read_text()!r}"
             )

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import signal
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractAsyncContextManager
@@ -260,3 +263,49 @@ async def test_room_with_ttl_left_resumes_its_countdown_after_a_restart(
             await trio.sleep(200)
             assert room_id not in h.registry
             assert room_id not in store.records
+
+
+# A data dir's rooms.sqlite3 as roomd 1.0 (commit bdfaa82) wrote it: alice's room
+# R10_KEYED (key "key-one", 3 messages) and her empty room R10_PLAIN, stopped cleanly.
+ROOMS_1_0 = Path(__file__).parent / "data" / "rooms-1.0.sqlite3"
+R10_KEYED = "8abDyeBPhWWicimidrrhbw"
+R10_PLAIN = "NSsHEglp_5KIgLuFPkKr6g"
+
+
+@pytest.mark.e2e
+def test_a_data_dir_written_by_roomd_1_0_opens_and_migrates_in_place(
+    start_roomd: Start, tmp_path: Path
+) -> None:
+    """roomd 1.0's rooms come back with key, host and seq, gain an epoch, and keep it after."""
+    shutil.copy(ROOMS_1_0, tmp_path / "rooms.sqlite3")
+    first = start_roomd(data_dir=tmp_path)
+    alice, joined = _join(first, "alice", R10_KEYED)
+    assert (joined["host"], joined["lastSeq"], joined["keyEpoch"]) == ("alice", 3, 0)
+    assert joined["encryptedRoomKey"] == b64(b"key-one")
+    epoch = joined["epoch"]
+    assert isinstance(epoch, str) and len(epoch) >= 8
+    assert _send(alice, R10_KEYED, 1) == [4]
+    alice.close()
+    assert first.stop() == 0
+    with contextlib.closing(sqlite3.connect(tmp_path / "rooms.sqlite3")) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (1,)
+    second = start_roomd(data_dir=tmp_path)
+    alice, joined = _join(second, "alice", R10_KEYED)
+    assert (joined["epoch"], joined["lastSeq"]) == (epoch, 4)
+    _, plain = _join(second, "bob", R10_PLAIN)
+    assert plain["lastSeq"] == 0
+    alice.close()
+
+
+@pytest.mark.e2e
+def test_a_data_dir_from_a_newer_roomd_is_refused_and_left_alone(tmp_path: Path) -> None:
+    """A rooms.sqlite3 with a schema newer than this roomd knows: exit with a clear message."""
+    shutil.copy(ROOMS_1_0, tmp_path / "rooms.sqlite3")
+    with contextlib.closing(sqlite3.connect(tmp_path / "rooms.sqlite3")) as db:
+        db.execute("PRAGMA user_version = 7")
+    before = (tmp_path / "rooms.sqlite3").read_bytes()
+    with pytest.raises(AssertionError) as refused:
+        RoomdProcess.start(tmp_path)
+    assert "schema version 7, newer than this roomd knows (1)" in str(refused.value)
+    assert "Traceback" not in str(refused.value)
+    assert (tmp_path / "rooms.sqlite3").read_bytes() == before
