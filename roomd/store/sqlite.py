@@ -26,7 +26,7 @@ import trio
 from roomd.core.history import StoredMessage
 from roomd.core.room import RoomRecord
 from roomd.store import LOAD_PAGE, Batch
-from roomd.store.sqlite_schema import migrate
+from roomd.store.sqlite_schema import check_version, migrate
 
 T = TypeVar("T")
 
@@ -76,6 +76,7 @@ class SqliteRoomStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         try:
+            check_version(self._db, path.name)  # before WAL: a refused file stays as it was
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             migrate(self._db, path.name)

@@ -56,17 +56,23 @@ CREATE TABLE IF NOT EXISTS messages (
 _MESSAGES_BY_TS = "CREATE INDEX IF NOT EXISTS messages_by_ts ON messages (ts)"
 
 
-def migrate(db: sqlite3.Connection, name: str) -> int:
-    """Bring the database `db` (the file `name`) to `SCHEMA_VERSION`; return the version it had.
-
-    Raises `ConfigError` when the file is newer than this roomd knows.
-    """
+def check_version(db: sqlite3.Connection, name: str) -> int:
+    """Return the schema version of `db` (the file `name`); raise `ConfigError` if too new."""
     found = int(db.execute("PRAGMA user_version").fetchone()[0])
     if found > SCHEMA_VERSION:
         raise ConfigError(
             f"{name} has schema version {found}, newer than this roomd knows"
             f" ({SCHEMA_VERSION}): run the roomd that wrote it, or a newer one"
         )
+    return found
+
+
+def migrate(db: sqlite3.Connection, name: str) -> int:
+    """Bring the database `db` (the file `name`) to `SCHEMA_VERSION`; return the version it had.
+
+    Raises `ConfigError` when the file is newer than this roomd knows.
+    """
+    found = check_version(db, name)
     if found == SCHEMA_VERSION:
         return found
     db.execute("BEGIN IMMEDIATE")

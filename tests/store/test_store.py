@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 
+from roomd.core.history import StoredMessage
 from roomd.core.room import RoomRecord
-from roomd.store import RoomStore
+from roomd.errors import ConfigError
+from roomd.store import Batch, RoomStore
 from roomd.store.memory import MemoryRoomStore
 from roomd.store.sqlite import SqliteRoomStore
+from roomd.store.sqlite_schema import SCHEMA_VERSION
 
 RECORD = RoomRecord(
     room_id="r1",
@@ -137,3 +142,71 @@ async def test_sqlite_alive_mark_survives_reopening_and_old_files_open(tmp_path:
         assert await opened.last_alive() is None
         assert [record.room_id for record in await opened.load()] == ["r1"]
         await opened.aclose()
+
+
+def stored(room_id: str, seq: int, ts: int = 1_000) -> StoredMessage:
+    """Return message `seq` of `room_id`, sent at `ts`."""
+    return StoredMessage(room_id, seq, f"px{seq:x}", "alice", b"ct%d" % seq, None, None, ts, None)
+
+
+async def test_a_batch_saves_deletes_and_appends_in_one_go(store: RoomStore) -> None:
+    """commit(batch) stores every saved record and message, and deletes rooms with their history."""
+    with trio.fail_after(10):
+        await store.insert(RECORD)
+        await store.insert(RoomRecord("r2", None, None, 1, 1, 0))
+        await store.commit(Batch(keep=10, messages=[stored("r2", 1), stored("r2", 2)]))
+        changed = attrs.evolve(RECORD, seq_reserved=2, bans=frozenset({"eve"}), epoch="E1")
+        batch = Batch(keep=10, saves={"r1": changed}, deletes={"r2"})
+        batch.messages += [stored("r1", 1), stored("r1", 2)]
+        await store.commit(batch)
+        assert await store.load() == [changed]
+        assert [m.seq for m in await store.messages_after("r1", 0, 10, 0)] == [1, 2]
+        assert await store.messages_after("r2", 0, 10, 0) == []
+
+
+async def test_history_is_trimmed_to_keep_and_read_in_both_directions(store: RoomStore) -> None:
+    """Only the newest `keep` messages stay; reads are oldest first either way, within limits."""
+    with trio.fail_after(10):
+        await store.insert(RECORD)
+        for first in (1, 6):
+            await store.commit(
+                Batch(keep=7, messages=[stored("r1", s) for s in range(first, first + 5)])
+            )
+        assert [m.seq for m in await store.messages_after("r1", 0, 100, 0)] == list(range(4, 11))
+        assert [m.seq for m in await store.messages_after("r1", 5, 2, 0)] == [6, 7]
+        assert [m.seq for m in await store.messages_before("r1", 9, 3, 0)] == [6, 7, 8]
+        assert [m.seq for m in await store.messages_before("r1", 5, 3, 0)] == [4]
+        assert (await store.messages_after("r1", 9, 1, 0)) == [stored("r1", 10)]
+
+
+async def test_aged_messages_are_never_read_and_the_sweep_removes_them(store: RoomStore) -> None:
+    """Messages older than oldest_ts are invisible to reads; sweep_history deletes them."""
+    with trio.fail_after(10):
+        await store.insert(RECORD)
+        old = [stored("r1", 1, ts=100), stored("r1", 2, ts=200)]
+        await store.commit(Batch(keep=10, messages=[*old, stored("r1", 3, ts=300)]))
+        assert [m.seq for m in await store.messages_after("r1", 0, 10, 250)] == [3]
+        assert [m.seq for m in await store.messages_before("r1", 4, 10, 150)] == [2, 3]
+        assert await store.sweep_history(250) == 2
+        assert [m.seq for m in await store.messages_after("r1", 0, 10, 0)] == [3]
+
+
+async def test_deleting_a_room_deletes_its_history(store: RoomStore) -> None:
+    """A deleted room's messages are gone with it."""
+    with trio.fail_after(10):
+        await store.insert(RECORD)
+        await store.commit(Batch(keep=10, messages=[stored("r1", 1)]))
+        await store.delete("r1")
+        assert await store.messages_before("r1", 10, 10, 0) == []
+        assert await store.get("r1") is None
+
+
+def test_a_newer_schema_is_refused_without_touching_the_file(tmp_path: Path) -> None:
+    """A rooms.sqlite3 whose user_version is above what roomd knows raises ConfigError."""
+    path = tmp_path / "rooms.sqlite3"
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    before = path.read_bytes()
+    with pytest.raises(ConfigError, match="newer than this roomd knows"):
+        SqliteRoomStore(path)
+    assert path.read_bytes() == before
