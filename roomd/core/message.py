@@ -200,6 +200,9 @@ class Message:
     FIELDS: ClassVar[tuple[tuple[str, str, Parser, bool], ...]] = ()
     id: RequestId | None = None
 
+    def check(self) -> None:
+        """Raise `badRequest` if the fields, each valid alone, do not fit together."""
+
 
 @attrs.frozen(kw_only=True)
 class RoomMessage(Message):
@@ -307,7 +310,8 @@ class Signal(RoomMessage):
     payload: bytes | None = None
     signals: tuple[SignalTo, ...] | None = None
 
-    def __attrs_post_init__(self) -> None:
+    def check(self) -> None:
+        """Raise `badRequest` unless exactly one of the two forms is given."""
         single = self.to is not None or self.payload is not None
         if self.signals is not None and single:
             raise _bad("signal takes 'to' and 'payload', or 'signals', not both")
@@ -469,4 +473,6 @@ def parse_message(fields: object, *, text: bool) -> Message:
                 raise _bad(f"field '{wire}' is missing from {kind}")
             continue
         kwargs[attr] = parse(wire, value, text)
-    return cls(**kwargs)
+    message = cls(**kwargs)
+    message.check()
+    return message

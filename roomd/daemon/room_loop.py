@@ -149,7 +149,8 @@ class RoomLoop:
                 case Join(session, aid, public_key, request_id, since):
                     if not session.connection.join_arrived(room.room_id):
                         return
-                    stored = await self._missed(since, now)
+                    member = room.aid_of(session) is not None  # a rejoin replays nothing
+                    stored = [] if member else await self._missed(since, now)
                     effects = room.join(session, aid, public_key, now, request_id, since, stored)
                 case Act(session, m.GetHistory() as msg):
                     effects = [Send((session,), await self._history(session, msg, now))]
