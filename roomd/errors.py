@@ -89,8 +89,9 @@ HTTP_STATUS: dict[ErrorCode, int] = {
 class ApiError(RoomdError):
     """A server API request failed: answer `{"error": {code, message}}` with `status`.
 
-    `status` defaults to the code's `HTTP_STATUS`; a route gives its own where
-    SERVER_API.md says so (409 for a taken room id, 400 for a field over its limit).
+    `status` defaults to the code's `HTTP_STATUS` (409 for `conflict`, such as a
+    taken room id); a route gives its own where SERVER_API.md says so (400 for a
+    field over its limit).
     """
 
     def __init__(self, code: ErrorCode, message: str, status: int | None = None) -> None:

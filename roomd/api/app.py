@@ -2,7 +2,9 @@
 
 The app reads and steers rooms only through a `RoomService` (service.py), so it
 knows nothing of trio tasks or sockets; `roomd.node` gives it the daemon's.
-Every route but `/healthz` needs `Authorization: Bearer <api key>`.
+Every route but `/healthz` needs `Authorization: Bearer <api key>`. Kicks and
+unbans answer once the event bus has accepted them; the room applies them in
+order with its other events a moment later.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 import orjson
 from starlette.applications import Starlette
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -24,7 +27,16 @@ from starlette.routing import Route
 from roomd.api.metrics import CONTENT_TYPE, metrics_renderer
 from roomd.api.openapi import OPENAPI
 from roomd.api.service import RoomService
-from roomd.core.message import MAX_ROOM_KEY, decode_blob, validate_aid, validate_room_id
+from roomd.core.event import Event
+from roomd.core.message import (
+    DEFAULT_HISTORY_PAGE,
+    MAX_HISTORY_PAGE,
+    MAX_ID_INT,
+    MAX_ROOM_KEY,
+    decode_blob,
+    validate_aid,
+    validate_room_id,
+)
 from roomd.core.room import Room
 from roomd.core.stats import Stats
 from roomd.core.token import DEFAULT_TTL, mint_token
@@ -34,6 +46,26 @@ MAX_BODY = 64 * 1024
 MAX_TOKEN_TTL = 30 * 24 * 3600
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
+
+
+class AidConvertor(Convertor[str]):
+    """An AID as a path segment: any characters, '/' (sent as %2F) and newlines included.
+
+    Starlette's `path` convertor (`.*`) stops at a newline, and its `$` then
+    matches before a trailing one, so `bob%0A` would reach the route as `bob`:
+    this one takes everything, and the route validates the AID (400).
+    """
+
+    regex = "(?s:.*)"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("aid", AidConvertor())
 
 
 def json_response(body: object, status: int = 200) -> Response:
@@ -132,6 +164,28 @@ def room_detail(room: Room) -> dict[str, Any]:
         "lastSeq": room.seq,
         "createdAt": room.created_at,
         "emptySince": room.empty_since,
+        "epoch": room.epoch,
+        "keyEpoch": room.key_epoch,
+    }
+
+
+def history_body(page: Event) -> dict[str, Any]:
+    """Return a `history` event (PROTOCOL.md section 8.3) as the API's answer.
+
+    The same page a member's `getHistory` gets, without `type`, blobs base64.
+    """
+    messages = []
+    for entry in page["messages"]:
+        message = dict(entry)
+        message["ciphertext"] = _b64(entry["ciphertext"])
+        if "iv" in entry:
+            message["iv"] = _b64(entry["iv"])
+        messages.append(message)
+    return {
+        "roomId": page["roomId"],
+        "epoch": page["epoch"],
+        "messages": messages,
+        "more": page["more"],
     }
 
 
@@ -200,7 +254,7 @@ def build_app(
         except ProtocolError as exc:  # tooManyRooms: the server is at --max-rooms
             raise ApiError(exc.code, exc.message) from None
         if room is None:
-            raise ApiError(ErrorCode.BAD_REQUEST, f"room '{room_id}' already exists", 409)
+            raise ApiError(ErrorCode.CONFLICT, f"room '{room_id}' already exists")
         body = {"roomId": room.room_id, "host": room.host, "createdAt": room.created_at}
         return json_response(body, 201)
 
@@ -219,6 +273,17 @@ def build_app(
     async def get_room(request: Request) -> Response:
         return json_response(room_detail(await room_or_404(request.path_params["room_id"])))
 
+    async def room_messages(request: Request) -> Response:
+        room_id = request.path_params["room_id"]
+        before: int | None = None  # after the last message
+        if "before" in request.query_params:  # so the default 0 is never taken
+            before = _query_int(request, "before", 0, 1, MAX_ID_INT)
+        limit = _query_int(request, "limit", DEFAULT_HISTORY_PAGE, 1, MAX_HISTORY_PAGE)
+        page = await rooms.history(room_id, before, limit)
+        if page is None:
+            raise ApiError(ErrorCode.NOT_FOUND, f"no room '{room_id}'")
+        return json_response(history_body(page))
+
     async def delete_room(request: Request) -> Response:
         room_id = request.path_params["room_id"]
         await room_or_404(room_id)
@@ -231,9 +296,21 @@ def build_app(
         if "aid" not in body:
             raise ApiError(ErrorCode.BAD_REQUEST, "field 'aid' is missing")
         aid = _field(validate_aid, body["aid"])
-        if aid not in room.members:
+        ban = body.get("ban", False)
+        if not isinstance(ban, bool):
+            raise ApiError(ErrorCode.BAD_REQUEST, "field 'ban' must be a boolean")
+        # A ban binds an absent AID too: it must not join later.
+        if not ban and aid not in room.members:
             raise ApiError(ErrorCode.NOT_FOUND, f"'{aid}' is not in room '{room.room_id}'")
-        await rooms.kick(room.room_id, aid)
+        await rooms.kick(room.room_id, aid, ban=ban)
+        return Response(status_code=204)
+
+    async def unban(request: Request) -> Response:
+        room = await room_or_404(request.path_params["room_id"])
+        aid = _field(validate_aid, request.path_params["aid"])
+        if aid not in room.bans:
+            raise ApiError(ErrorCode.NOT_FOUND, f"'{aid}' is not banned from room '{room.room_id}'")
+        await rooms.unban(room.room_id, aid)
         return Response(status_code=204)
 
     async def create_token(request: Request) -> Response:
@@ -260,7 +337,9 @@ def build_app(
         Route("/v1/rooms", guarded(list_rooms), methods=["GET"]),
         Route("/v1/rooms/{room_id}", guarded(get_room), methods=["GET"]),
         Route("/v1/rooms/{room_id}", guarded(delete_room), methods=["DELETE"]),
+        Route("/v1/rooms/{room_id}/messages", guarded(room_messages), methods=["GET"]),
         Route("/v1/rooms/{room_id}/kick", guarded(kick), methods=["POST"]),
+        Route("/v1/rooms/{room_id}/bans/{aid:aid}", guarded(unban), methods=["DELETE"]),
         Route("/v1/tokens", guarded(create_token), methods=["POST"]),
     ]
     return Starlette(routes=routes, exception_handlers={HTTPException: not_found})

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from roomd import __version__
+from roomd.core.message import DEFAULT_HISTORY_PAGE, MAX_HISTORY_PAGE, MAX_ID_INT
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -19,14 +20,15 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _errors(*statuses: int) -> dict[str, Any]:
+def _errors(*statuses: int, texts: dict[int, str] | None = None) -> dict[str, Any]:
     text = {
         400: "The request is malformed (see `error.message`).",
         401: "Missing or wrong API key.",
         404: "No such room (or member).",
-        409: "A room with this id exists.",
+        409: "A room with this id exists (`conflict`).",
         429: "The server holds its limit of rooms (`tooManyRooms`).",
         413: "The body is over 64 KiB.",
+        **(texts or {}),
     }
     return {str(status): _json(_ref("Error"), text[status]) for status in statuses}
 
@@ -35,7 +37,20 @@ ROOM_ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$"}
 AID = {"type": "string", "minLength": 1, "maxLength": 128}
 BLOB = {"type": "string", "format": "byte", "description": "standard base64 with padding"}
 MILLIS = {"type": "integer", "description": "Unix milliseconds"}
+EPOCH = {
+    "type": "string",
+    "pattern": "^[A-Za-z0-9_-]{8,32}$",
+    "description": "the room's stream epoch (PROTOCOL.md 8.1)",
+}
+KEY_EPOCH = {"type": "integer", "minimum": 0, "description": "PROTOCOL.md 8.4"}
 _ROOM_PARAM = {"name": "roomId", "in": "path", "required": True, "schema": ROOM_ID}
+_AID_PARAM = {
+    "name": "aid",
+    "in": "path",
+    "required": True,
+    "schema": AID,
+    "description": "percent-encoded (a '/' as %2F)",
+}
 
 SCHEMAS: dict[str, Any] = {
     "Error": {
@@ -67,7 +82,16 @@ SCHEMAS: dict[str, Any] = {
     },
     "Room": {
         "type": "object",
-        "required": ["roomId", "host", "members", "lastSeq", "createdAt", "emptySince"],
+        "required": [
+            "roomId",
+            "host",
+            "members",
+            "lastSeq",
+            "createdAt",
+            "emptySince",
+            "epoch",
+            "keyEpoch",
+        ],
         "properties": {
             "roomId": ROOM_ID,
             "host": {**AID, "nullable": True},
@@ -75,6 +99,37 @@ SCHEMAS: dict[str, Any] = {
             "lastSeq": {"type": "integer", "minimum": 0},
             "createdAt": MILLIS,
             "emptySince": {**MILLIS, "nullable": True},
+            "epoch": EPOCH,
+            "keyEpoch": KEY_EPOCH,
+        },
+    },
+    "HistoryMessage": {
+        "type": "object",
+        "description": "A `newMessage` as first sent, without `type` and `roomId`.",
+        "required": ["seq", "messageId", "from", "ciphertext", "ts"],
+        "properties": {
+            "seq": {"type": "integer", "minimum": 1},
+            "messageId": {"type": "string", "minLength": 1, "maxLength": 64},
+            "from": AID,
+            "ciphertext": BLOB,
+            "iv": BLOB,
+            "clientMsgId": {"type": "string", "minLength": 1, "maxLength": 64},
+            "ts": MILLIS,
+            "keyEpoch": KEY_EPOCH,
+        },
+    },
+    "History": {
+        "type": "object",
+        "required": ["roomId", "epoch", "messages", "more"],
+        "properties": {
+            "roomId": ROOM_ID,
+            "epoch": EPOCH,
+            "messages": {
+                "type": "array",
+                "items": _ref("HistoryMessage"),
+                "description": "oldest first",
+            },
+            "more": {"type": "boolean", "description": "history holds older messages"},
         },
     },
     "RoomList": {
@@ -102,7 +157,18 @@ SCHEMAS: dict[str, Any] = {
         "required": ["roomId", "host", "createdAt"],
         "properties": {"roomId": ROOM_ID, "host": {**AID, "nullable": True}, "createdAt": MILLIS},
     },
-    "Kick": {"type": "object", "required": ["aid"], "properties": {"aid": AID}},
+    "Kick": {
+        "type": "object",
+        "required": ["aid"],
+        "properties": {
+            "aid": AID,
+            "ban": {
+                "type": "boolean",
+                "default": False,
+                "description": "also ban the AID from the room, even if it is absent",
+            },
+        },
+    },
     "TokenRequest": {
         "type": "object",
         "properties": {
@@ -131,7 +197,10 @@ OPENAPI: dict[str, Any] = {
     "info": {
         "title": "roomd server API",
         "version": __version__,
-        "description": "Create, inspect and delete rooms, remove members, mint AID tokens.",
+        "description": (
+            "Create, inspect and delete rooms, page their history, remove and ban members, "
+            "mint AID tokens."
+        ),
     },
     "security": [{"apiKey": []}],
     "paths": {
@@ -207,14 +276,60 @@ OPENAPI: dict[str, Any] = {
                 },
             },
         },
+        "/v1/rooms/{roomId}/messages": {
+            "parameters": [_ROOM_PARAM],
+            "get": {
+                "operationId": "getHistory",
+                "parameters": [
+                    {
+                        "name": "before",
+                        "in": "query",
+                        "description": "only messages with a smaller seq (default: all)",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID_INT},
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": MAX_HISTORY_PAGE,
+                            "default": DEFAULT_HISTORY_PAGE,
+                        },
+                    },
+                ],
+                "responses": {
+                    "200": _json(_ref("History"), "The newest `limit` messages before `before`."),
+                    **_errors(400, 401, 404, texts={404: "No such room."}),
+                },
+            },
+        },
         "/v1/rooms/{roomId}/kick": {
             "parameters": [_ROOM_PARAM],
             "post": {
                 "operationId": "kickMember",
                 "requestBody": _body("Kick"),
                 "responses": {
-                    "204": {"description": "Removed, as the host's kick."},
-                    **_errors(400, 401, 404, 413),
+                    "204": {"description": "Removed (and banned), as the host's kick."},
+                    **_errors(
+                        400,
+                        401,
+                        404,
+                        413,
+                        texts={404: "No such room, or the AID is absent and `ban` is not true."},
+                    ),
+                },
+            },
+        },
+        "/v1/rooms/{roomId}/bans/{aid}": {
+            "parameters": [_ROOM_PARAM, _AID_PARAM],
+            "delete": {
+                "operationId": "unbanMember",
+                "responses": {
+                    "204": {"description": "Unbanned: the AID may join again."},
+                    **_errors(
+                        400, 401, 404, texts={404: "No such room, or the AID is not banned."}
+                    ),
                 },
             },
         },

@@ -70,4 +70,4 @@ def test_server_api_keeps_to_its_openapi_document(
     )
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     # Every operation of the document was exercised.
-    assert "Tested: 8" in run.stdout, run.stdout[-3000:]
+    assert "Tested: 10" in run.stdout, run.stdout[-3000:]

@@ -17,7 +17,7 @@ import base64
 import re
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlencode, urlsplit
 
 import attrs
@@ -27,8 +27,12 @@ import pytest
 import trio
 import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.routing import Route
 
+from roomd.api.app import build_app
 from roomd.api.openapi import OPENAPI
+from roomd.api.service import RoomService
+from roomd.core.stats import LiveCounts, Stats
 
 from ..harness import API_KEY, Client, Harness, running_api_server
 
@@ -45,6 +49,7 @@ ERROR_CODES = {
     "tooLarge",
     "rateLimited",
     "internal",
+    "conflict",
 }
 GUARDED = [
     ("GET", "/metrics"),
@@ -53,7 +58,9 @@ GUARDED = [
     ("GET", "/v1/rooms"),
     ("GET", "/v1/rooms/lobby"),
     ("DELETE", "/v1/rooms/lobby"),
+    ("GET", "/v1/rooms/lobby/messages"),
     ("POST", "/v1/rooms/lobby/kick"),
+    ("DELETE", "/v1/rooms/lobby/bans/alice"),
     ("POST", "/v1/tokens"),
 ]
 # A room whose host joins it first (a hostless room's first joiner gets hostUpdated too).
@@ -246,7 +253,9 @@ async def test_openapi_document_is_served_and_lists_every_route_and_status() -> 
         ("get", "/v1/rooms"): {"200", "400", "401"},
         ("get", "/v1/rooms/{roomId}"): {"200", "401", "404"},
         ("delete", "/v1/rooms/{roomId}"): {"204", "401", "404"},
+        ("get", "/v1/rooms/{roomId}/messages"): {"200", "400", "401", "404"},
         ("post", "/v1/rooms/{roomId}/kick"): {"204", "400", "401", "404", "413"},
+        ("delete", "/v1/rooms/{roomId}/bans/{aid}"): {"204", "400", "401", "404"},
         ("post", "/v1/tokens"): {"201", "400", "401", "413"},
         ("get", "/healthz"): {"200", "503"},
         ("get", "/metrics"): {"200", "401"},
@@ -267,6 +276,38 @@ async def test_openapi_document_is_served_and_lists_every_route_and_status() -> 
     }
     assert operations == documented
     assert document["paths"]["/healthz"]["get"]["security"] == []
+
+
+class _NoRooms:
+    """Just enough of a `RoomService` to build the app and read its routes."""
+
+    def live_counts(self) -> LiveCounts:
+        return LiveCounts(0, 0, 0)
+
+
+def test_openapi_document_has_exactly_the_routes_the_app_serves() -> None:
+    """Every route of the app is an operation of the document, with its path parameters."""
+    app = build_app(
+        cast(RoomService, _NoRooms()), Stats(), api_key=API_KEY, token_secret="s", wall_ms=int
+    )
+    names = {"room_id": "roomId", "aid": "aid"}
+    served = set()
+    for route in app.routes:
+        assert isinstance(route, Route)
+        path = re.sub(r"\{(\w+)(:\w+)?\}", lambda match: f"{{{names[match[1]]}}}", route.path)
+        served |= {(method.lower(), path) for method in route.methods or () if method != "HEAD"}
+    paths = OPENAPI["paths"]
+    documented = {
+        (method, path) for path, item in paths.items() for method in item if method != "parameters"
+    }
+    assert served == documented
+    for path, item in paths.items():
+        declared = {
+            parameter["name"]
+            for parameter in item.get("parameters", [])
+            if parameter["in"] == "path" and parameter["required"]
+        }
+        assert declared == set(re.findall(r"\{(\w+)\}", path)), path
 
 
 async def test_unknown_route_is_404_in_the_error_shape() -> None:
@@ -297,6 +338,8 @@ async def test_created_room_is_listed_and_joinable_with_its_key_and_host() -> No
             assert (created["roomId"], created["host"]) == ("team-42_A", "alice")
             assert before <= created["createdAt"] <= after
             room = (await http(h, "GET", "/v1/rooms/team-42_A")).json()
+            epoch = room.pop("epoch")
+            assert re.fullmatch(r"[A-Za-z0-9_-]{8,32}", epoch), epoch
             assert room == {
                 "roomId": "team-42_A",
                 "host": "alice",
@@ -304,6 +347,7 @@ async def test_created_room_is_listed_and_joinable_with_its_key_and_host() -> No
                 "lastSeq": 0,
                 "createdAt": created["createdAt"],
                 "emptySince": created["createdAt"],
+                "keyEpoch": 0,
             }
             alice = await h.login("alice")
             joined = await alice.request({"type": "joinChatroom", "roomId": "team-42_A"})
@@ -311,6 +355,7 @@ async def test_created_room_is_listed_and_joinable_with_its_key_and_host() -> No
             assert joined["host"] == "alice"
             assert joined["encryptedRoomKey"] == b64(key)
             assert joined["lastSeq"] == 0
+            assert (joined["epoch"], joined["keyEpoch"]) == (epoch, 0)
 
 
 async def test_room_created_without_a_body_gets_a_fresh_unguessable_id() -> None:
@@ -332,18 +377,18 @@ async def test_room_created_without_a_body_gets_a_fresh_unguessable_id() -> None
             assert not h.registry.nursery.child_tasks
 
 
-async def test_creating_an_existing_room_id_is_409_and_changes_nothing() -> None:
-    """POST /v1/rooms with the id of a live room (API- or WebSocket-made) answers 409."""
+async def test_creating_an_existing_room_id_is_409_conflict_and_changes_nothing() -> None:
+    """POST /v1/rooms with the id of a room (API- or WebSocket-made) answers 409 conflict."""
     with trio.fail_after(TIMEOUT):
         async with running_api_server() as h:
             assert (await http(h, "POST", "/v1/rooms", {"roomId": "dup"})).status == 201
             reply = await http(h, "POST", "/v1/rooms", {"roomId": "dup", "host": "mallory"})
             assert reply.status == 409
-            assert reply.error_code in ERROR_CODES
+            assert reply.error_code == "conflict"
             ws_room, (alice,) = await h.open_room("alice")
             reply = await http(h, "POST", "/v1/rooms", {"roomId": ws_room, "host": "mallory"})
             assert reply.status == 409
-            assert reply.error_code in ERROR_CODES
+            assert reply.error_code == "conflict"
             assert (await http(h, "GET", "/v1/rooms/dup")).json()["host"] is None
             assert (await http(h, "GET", f"/v1/rooms/{ws_room}")).json()["host"] == "alice"
             assert alice.pending() == []
@@ -531,18 +576,25 @@ async def test_room_shows_live_members_with_public_keys_and_last_seq() -> None:
             assert isinstance(room["createdAt"], int)
 
 
-async def test_unknown_room_is_404_for_get_delete_and_kick() -> None:
-    """GET, DELETE and kick of a room that does not exist answer 404 notFound."""
+async def test_unknown_room_is_404_for_every_room_route() -> None:
+    """GET, DELETE, history, kick (with a ban too) and unban of a missing room answer 404."""
     with trio.fail_after(TIMEOUT):
         async with running_api_server() as h:
             for method, path, body in [
                 ("GET", "/v1/rooms/nope", _NO_BODY),
                 ("DELETE", "/v1/rooms/nope", _NO_BODY),
+                ("GET", "/v1/rooms/nope/messages", _NO_BODY),
+                ("GET", "/v1/rooms/nope/messages?before=5&limit=1", _NO_BODY),
                 ("POST", "/v1/rooms/nope/kick", {"aid": "alice"}),
+                ("POST", "/v1/rooms/nope/kick", {"aid": "alice", "ban": True}),
+                ("DELETE", "/v1/rooms/nope/bans/alice", _NO_BODY),
             ]:
                 reply = await http(h, method, path, body)
                 assert reply.status == 404, (method, path)
                 assert reply.error_code == "notFound"
+            # A ban of a missing room does not make one.
+            assert h.registry.room_ids() == []
+            assert (await http(h, "GET", "/v1/rooms")).json()["rooms"] == []
 
 
 # -- DELETE /v1/rooms/{roomId} ---------------------------------------------------------
