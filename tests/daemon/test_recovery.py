@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -17,6 +18,12 @@ from roomd.store.memory import MemoryRoomStore
 from ..harness import Client, running_server
 
 QUIET = {"heartbeat_interval": 3600.0, "heartbeat_timeout": 7200.0, "rate": 1e4, "burst": 1e4}
+
+
+def mock_wall() -> Callable[[], int]:
+    """Return a wall clock (Unix ms) that moves with trio's (mock) clock."""
+    base = 1_700_000_000_000 - int(trio.current_time() * 1000)
+    return lambda: base + int(trio.current_time() * 1000)
 
 
 def message(room: str, n: int, **extra: Any) -> dict[str, Any]:
@@ -337,3 +344,26 @@ def test_members_that_drop_and_rejoin_with_since_see_every_seq_once_in_order(
 ) -> None:
     """Random sends, drops and rejoins: each member ends up with 1..lastSeq, once, in order."""
     trio.run(_recovery_scenario, steps, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+async def test_history_forgets_messages_past_the_ttl_and_with_an_expired_room(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Messages older than history_ttl leave pages and the store; an expired room takes the rest."""
+    store = MemoryRoomStore()
+    wall = mock_wall()
+    with trio.fail_after(10 * 24 * 3600):
+        async with running_server(store=store, wall_ms=wall, history_ttl=600, **QUIET) as h:
+            room, (alice,) = await h.open_room("alice", ttl=10 * 24 * 3600)
+            await alice.send(message(room, 1))
+            await trio.sleep(400)
+            await alice.send(message(room, 2))
+            await seqs_until(alice, 2)
+            await trio.sleep(300)  # the first is 700 s old now, the second 300 s
+            page = await alice.request({"type": "getHistory", "roomId": room})
+            assert [e["seq"] for e in page["messages"]] == [2]
+            await trio.sleep(60)  # the sweep runs at least every ttl / 10
+            assert [m.seq for m in store.histories[room]] == [2]
+            await alice.request({"type": "leaveChatroom", "roomId": room})
+            await trio.sleep(h.config.room_ttl + 1)
+            assert room not in h.registry and room not in store.histories
