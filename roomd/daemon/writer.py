@@ -77,3 +77,5 @@ class StoreWriter:
             except Exception as exc:  # every writer of the batch hears of it
                 pending.failed = exc
             pending.done.set()
+            # While the store tidies up, the next batch gathers.
+            await self.store.tidy()

@@ -95,6 +95,10 @@ class RoomStore(Protocol):
         """Forget every message with `ts < oldest_ts`; return how many went."""
         ...
 
+    async def tidy(self) -> None:
+        """Do the store's upkeep (SQLite: a WAL checkpoint now and then) between batches."""
+        ...
+
     async def mark_alive(self, now_ms: int) -> None:
         """Record that roomd was running at `now_ms` (durable on return)."""
         ...

@@ -95,6 +95,10 @@ class MemoryRoomStore:
                 swept += 1
         return swept
 
+    async def tidy(self) -> None:
+        """Nothing to tidy in memory."""
+        await trio.lowlevel.checkpoint()
+
     async def mark_alive(self, now_ms: int) -> None:
         """Record that roomd was running at `now_ms`."""
         await trio.lowlevel.checkpoint()
