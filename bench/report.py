@@ -99,6 +99,10 @@ def merge(name: str, settings: dict[str, Any], shards: list[dict[str, Any]]) -> 
             result["server_rss_per_conn_bytes"] = round((held - before) / conns)
         if server_cpu is not None and conns and wall:
             result["server_us_per_conn_per_s"] = round(server_cpu * 1e6 / conns / wall, 3)
+        pings = result["pings_answered"]
+        if server_cpu is not None and pings:
+            # One ping cycle of one connection: the ping, its pong, the timers.
+            result["server_us_per_ping_cycle"] = round(server_cpu * 1e6 / pings, 2)
     if "lifecycles" in extra[0]:  # churn
         done = sum(e["lifecycles"] for e in extra)
         result["lifecycles"] = done
@@ -172,6 +176,8 @@ def table(results: list[dict[str, Any]]) -> str:
             detail.append(f"server RSS/idle conn {r['server_rss_per_conn_bytes'] / 1024:.1f} KiB")
         if r.get("server_us_per_conn_per_s") is not None:
             detail.append(f"idle srv us/conn/s {r['server_us_per_conn_per_s']}")
+        if r.get("server_us_per_ping_cycle") is not None:
+            detail.append(f"srv us/conn/ping cycle {r['server_us_per_ping_cycle']}")
         if r.get("lifecycle_ms"):
             detail.append(
                 f"lifecycles {r['lifecycles']}/{r['lifecycles_started']}, "

@@ -45,6 +45,8 @@ SUITE: dict[str, tuple[str, dict[str, Any]]] = {
     # The same chat mix with history off: what storing every message costs.
     "rooms-no-history": ("rooms", {"rooms": 200, "size": 10, "rate": 1.0, "duration": 15.0}),
     "idle": ("idle", {"connections": 10_000, "size": 10, "hold": 20.0}),
+    # Idle connections pinged every second: what a heartbeat costs the server.
+    "heartbeat": ("idle", {"connections": 3000, "size": 10, "hold": 20.0}),
     "churn": ("churn", {"rate": 100.0, "duration": 10.0, "rooms": 20}),
 }
 # Variants run only when named (`just bench soak`): too long for the standard suite.
@@ -53,7 +55,10 @@ ON_REQUEST: dict[str, tuple[str, dict[str, Any]]] = {
 }
 VARIANTS = {**SUITE, **ON_REQUEST}
 # roomd flags of one variant, on top of SERVER_FLAGS.
-VARIANT_FLAGS: dict[str, list[str]] = {"rooms-no-history": ["--history-size", "0"]}
+VARIANT_FLAGS: dict[str, list[str]] = {
+    "rooms-no-history": ["--history-size", "0"],
+    "heartbeat": ["--heartbeat-interval", "1"],
+}
 
 SERVER_FLAGS = [
     "--host", "127.0.0.1", "--port", "0", "--no-api",
