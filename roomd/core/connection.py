@@ -12,13 +12,14 @@ owns one `Connection` per accepted WebSocket and feeds it what happened:
 - `receive_control(now, ping=...)` for every ping or pong (they pay the bucket too);
 - `heard(now)` whenever bytes arrived, and `wake(now)` when the shell's wait
   for bytes reached `next_deadline()`;
+- `ping_due(now)` at `next_ping`, from the server's one pinger;
 - `room_created`, `room_gone` when a room the connection addressed answered
   from outside (the registry);
 - `join_arrived`, `attached`, `detached` from the room loops.
 
 Each input returns what the shell must do, in order, as actions: `Reply(event)`
 (encode and send to this client), `Authenticated(aid, reply)` (log it, send
-`reply`), `SendPing()`, `Close(code)` (close with `code`: the shell's session calls
+`reply`), `SendPong(payload)`, `Close(code)` (close with `code`: the shell's session calls
 `close(code)`, and the reader stops),
 `CreateRoom(...)` (create a room, then call `room_created`), `JoinRoom(...)`
 and `ToRoom(...)` (hand it to that room's loop; if the room is gone, call
@@ -115,11 +116,6 @@ class Authenticated:
 
 
 @attrs.frozen
-class SendPing:
-    """Send a WebSocket ping."""
-
-
-@attrs.frozen
 class SendPong:
     """Answer the client's ping carrying `payload`."""
 
@@ -163,7 +159,7 @@ class ToRoom:
     msg: m.RoomMessage
 
 
-Action = Reply | Authenticated | SendPing | SendPong | Close | CreateRoom | JoinRoom | ToRoom
+Action = Reply | Authenticated | SendPong | Close | CreateRoom | JoinRoom | ToRoom
 
 
 @attrs.define(eq=False, slots=True)
@@ -221,12 +217,19 @@ class Connection:
         """Record that bytes arrived from the client at `now` (the heartbeat restarts)."""
         self.deadlines.heard(now)
 
-    def wake(self, now: float) -> SendPing | Close | None:
-        """Return what is due at `now`: a ping, a close (4001, 4002, 4005), or nothing."""
+    def wake(self, now: float) -> Close | None:
+        """Return the close that is due at `now` (4001, 4002, 4005), or None."""
         due = self.deadlines.due(now)
-        if isinstance(due, CloseCode):
-            return Close(due)
-        return SendPing() if due else None
+        return None if due is None else Close(due)
+
+    @property
+    def next_ping(self) -> float:
+        """When this connection's next ping is due (the server's pinger asks then)."""
+        return self.deadlines.next_ping
+
+    def ping_due(self, now: float) -> bool:
+        """Return whether to send this connection a ping at `now` (never once closing)."""
+        return self.phase is not Phase.CLOSING and self.deadlines.ping_due(now)
 
     # -- frames ----------------------------------------------------------------
 

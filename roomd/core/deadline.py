@@ -2,7 +2,9 @@
 
 Sans-I/O: the connection's reader sleeps until `next_wakeup()` (trio's clock) or
 until bytes arrive, tells this object `heard(now)` about every frame, and on
-waking asks `due(now)` what to do: send a ping, or close with the code returned.
+waking asks `due(now)` whether to close, with which code. Pings are timed
+apart, by one pinger for the whole server: it asks `ping_due(now)` at
+`next_ping`, so a healthy idle connection's reader wakes only for the pong.
 """
 
 from __future__ import annotations
@@ -48,26 +50,24 @@ class ConnectionDeadlines:
         self.token_deadline = token_deadline
 
     def next_wakeup(self) -> float:
-        """Return the earliest time at which `due` may have something to say."""
+        """Return the earliest time at which `due` may have a close to say."""
         return min(
-            self.auth_deadline,
-            self.last_heard + self.heartbeat_timeout,
-            self.next_ping,
-            self.token_deadline,
+            self.auth_deadline, self.last_heard + self.heartbeat_timeout, self.token_deadline
         )
 
-    def due(self, now: float) -> CloseCode | bool:
-        """Return the close code that is due at `now`, else whether to send a ping.
-
-        A True result has already scheduled the next ping.
-        """
+    def due(self, now: float) -> CloseCode | None:
+        """Return the close code that is due at `now` (4001 before 4002 before 4005), or None."""
         if now >= self.auth_deadline:
             return CloseCode.AUTH_TIMEOUT
         if now >= self.last_heard + self.heartbeat_timeout:
             return CloseCode.HEARTBEAT_TIMEOUT
         if now >= self.token_deadline:
             return CloseCode.TOKEN_EXPIRED
-        if now >= self.next_ping:
-            self.next_ping = now + self.heartbeat_interval
-            return True
-        return False
+        return None
+
+    def ping_due(self, now: float) -> bool:
+        """Return whether a ping is due at `now`; a True result schedules the next one."""
+        if now < self.next_ping:
+            return False
+        self.next_ping = now + self.heartbeat_interval
+        return True

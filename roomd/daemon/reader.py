@@ -43,7 +43,6 @@ from roomd.core.connection import (
     CreateRoom,
     JoinRoom,
     Reply,
-    SendPing,
     SendPong,
     ToRoom,
 )
@@ -52,6 +51,7 @@ from roomd.core.room import room_tag
 from roomd.core.stats import Stats
 from roomd.daemon.handshake import RECEIVE_SIZE, log_refusal, refuse_at_first_bytes, upgrade
 from roomd.daemon.outbox import Flusher, socket_fd
+from roomd.daemon.pinger import Pinger
 from roomd.daemon.registry import RoomRegistry
 from roomd.daemon.room_loop import Act, Command, Disconnect, Join
 from roomd.daemon.session import Session, Sessions
@@ -85,6 +85,8 @@ class ConnectionContext:
     nursery: trio.Nursery
     registry: RoomRegistry
     sessions: Sessions
+    # Pings every connection on time (the reader waits only for bytes and closes).
+    pinger: Pinger
     conn_ids: itertools.count[int]
 
 
@@ -158,6 +160,7 @@ class Reader:
         )
         outbox = session.outbox
         context.sessions.add(session)
+        context.pinger.watch(session)
         try:
             session.send(context.limits.hello())
             with session.reader_scope:
@@ -184,6 +187,7 @@ class Reader:
         finally:
             outbox.abort()
             context.sessions.ended(session)
+            context.pinger.forget(session)
             await self._leave_rooms(session)
             log.info("conn %d closed code=%s", self.conn_id, session.close_code)
 
@@ -356,8 +360,6 @@ class Reader:
                 if not renewed:
                     log.info("conn %d auth aid=%s", self.conn_id, aid)
                 session.send(reply)
-            case SendPing():
-                session.outbox.put(self.ws.send(Ping(b"")))
             case SendPong(payload):
                 session.outbox.put(self.ws.send(Pong(payload)))
             case Close(code):

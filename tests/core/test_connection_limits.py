@@ -16,7 +16,6 @@ from roomd.core.connection import (
     Connection,
     Phase,
     Reply,
-    SendPing,
     SendPong,
     ToRoom,
 )
@@ -36,9 +35,10 @@ from .connection_support import (
 
 # -- timers -----------------------------------------------------------------------
 
-PING = SendPing()
+PING = True  # ("ping", t, PING): the server's pinger finds a ping due at t
 # A scenario: ("auth", t, ttl) authenticates at t; ("heard", t, _) records bytes at t;
-# ("wake", t, expected) asserts what wake(t) returns; ("next", _, t) asserts next_deadline().
+# ("wake", t, expected) asserts what wake(t) returns; ("next", _, t) asserts next_deadline();
+# ("ping", t, due) asserts ping_due(t); ("next_ping", _, t) asserts next_ping.
 Step = tuple[str, float, object]
 
 
@@ -52,6 +52,10 @@ def run(conn: Connection, steps: list[Step]) -> None:
             conn.heard(t)
         elif op == "wake":
             assert conn.wake(t) == want, (i, op, t)
+        elif op == "ping":
+            assert conn.ping_due(t) is want, (i, op, t)
+        elif op == "next_ping":
+            assert conn.next_ping == want, (i, op)
         else:
             assert op == "next"
             assert conn.next_deadline() == want, (i, op)
@@ -87,9 +91,9 @@ def run(conn: Connection, steps: list[Step]) -> None:
         pytest.param(
             {"auth_timeout": 30.0},
             [
-                ("next", 0, 25.0),
-                ("wake", 24.999, None),
-                ("wake", 25.0, PING),
+                ("next_ping", 0, 25.0),
+                ("ping", 24.999, False),
+                ("ping", 25.0, PING),
                 ("next", 0, 30.0),
                 ("wake", 29.999, None),
                 ("wake", 30.0, Close(CloseCode.AUTH_TIMEOUT)),
@@ -98,15 +102,15 @@ def run(conn: Connection, steps: list[Step]) -> None:
         ),
         pytest.param(
             {},
-            [("auth", 5.0, 3600), ("next", 0, 25.0), ("wake", 10.0, None)],
+            [("auth", 5.0, 3600), ("next", 0, 60.0), ("wake", 10.0, None)],
             id="auth-stops-the-auth-countdown",
         ),
         pytest.param(
             {},
             [
                 ("auth", 0.0, 3600),
-                ("wake", 25.0, PING),
-                ("wake", 50.0, PING),
+                ("ping", 25.0, PING),
+                ("ping", 50.0, PING),
                 ("next", 0, 60.0),
                 ("wake", 59.999, None),
                 ("wake", 60.0, Close(CloseCode.HEARTBEAT_TIMEOUT)),
@@ -117,11 +121,12 @@ def run(conn: Connection, steps: list[Step]) -> None:
             {},
             [
                 ("auth", 0.0, 3600),
-                ("wake", 25.0, PING),
+                ("ping", 25.0, PING),
                 ("heard", 30.0, None),
-                ("wake", 50.0, PING),
+                ("ping", 50.0, PING),
                 ("wake", 60.0, None),
-                ("wake", 75.0, PING),
+                ("ping", 75.0, PING),
+                ("wake", 75.0, None),
                 ("next", 0, 90.0),
                 ("wake", 89.999, None),
                 ("wake", 90.0, Close(CloseCode.HEARTBEAT_TIMEOUT)),
@@ -141,14 +146,15 @@ def run(conn: Connection, steps: list[Step]) -> None:
             {"heartbeat_timeout": 1000.0},
             [
                 ("auth", 0.0, 3600),
-                ("wake", 24.9, None),
-                ("wake", 25.0, PING),
-                ("wake", 25.0, None),
-                ("next", 0, 50.0),
-                ("wake", 53.0, PING),
-                ("next", 0, 78.0),
-                ("wake", 77.9, None),
-                ("wake", 78.0, PING),
+                ("ping", 24.9, False),
+                ("ping", 25.0, PING),
+                ("ping", 25.0, False),
+                ("next_ping", 0, 50.0),
+                ("ping", 53.0, PING),
+                ("next_ping", 0, 78.0),
+                ("ping", 77.9, False),
+                ("ping", 78.0, PING),
+                ("wake", 78.0, None),
             ],
             id="pings-every-interval-from-when-the-last-was-sent",
         ),
@@ -156,8 +162,8 @@ def run(conn: Connection, steps: list[Step]) -> None:
             {},
             [
                 ("auth", 0.0, 30),
-                ("next", 0, 25.0),
-                ("wake", 25.0, PING),
+                ("next_ping", 0, 25.0),
+                ("ping", 25.0, PING),
                 ("heard", 26.0, None),
                 ("next", 0, 30.0),
                 ("wake", 29.999, None),
@@ -182,7 +188,7 @@ def run(conn: Connection, steps: list[Step]) -> None:
     ],
 )
 def test_timers_through_wake(changes: dict[str, float], steps: list[Step]) -> None:
-    """wake(now) returns the ping or close (4001, 4002, 4005) that is due, at exactly its time."""
+    """wake(now) returns the close (4001, 4002, 4005) due, ping_due(now) the ping, on time."""
     run(start(**changes), steps)
 
 
@@ -196,7 +202,7 @@ def test_timers_through_wake(changes: dict[str, float], steps: list[Step]) -> No
 def test_next_deadline_is_the_earliest_timer_and_nothing_is_due_before_it(
     auth_timeout: float, interval: float, timeout: float, ttl: int, auth_at: float | None
 ) -> None:
-    """next_deadline() is the earliest of the four timers; wake says nothing before it."""
+    """next_deadline() is the earliest closing timer; wake says nothing before it."""
     conn = start(auth_timeout=auth_timeout, heartbeat_interval=interval, heartbeat_timeout=timeout)
     auth_deadline, token_deadline = auth_timeout, math.inf
     if auth_at is not None:  # always before the auth deadline (auth_timeout >= 1)
@@ -205,7 +211,8 @@ def test_next_deadline_is_the_earliest_timer_and_nothing_is_due_before_it(
         ]
         auth_deadline, token_deadline = math.inf, auth_at + ttl
     deadline = conn.next_deadline()
-    assert deadline == min(auth_deadline, timeout, interval, token_deadline)
+    assert deadline == min(auth_deadline, timeout, token_deadline)
+    assert conn.next_ping == interval
     assert conn.wake(deadline * 0.999) is None
     assert conn.wake(deadline) is not None
 

@@ -23,8 +23,8 @@ def test_a_new_connection_first_wakes_for_its_auth_deadline() -> None:
     """Before auth, the earliest deadline is auth_timeout after the accept."""
     deadlines = start()
     assert deadlines.next_wakeup() == T0 + 10
-    assert deadlines.due(T0) is False
-    assert deadlines.due(T0 + 9.999) is False
+    assert deadlines.due(T0) is None
+    assert deadlines.due(T0 + 9.999) is None
 
 
 @pytest.mark.parametrize("late", [0.0, 0.5, 1_000.0])
@@ -36,32 +36,33 @@ def test_no_auth_within_auth_timeout_closes_4001(late: float) -> None:
 
 
 def test_authentication_stops_the_auth_countdown() -> None:
-    """After authOk the auth deadline is gone; the next wake-up is the first ping."""
+    """After authOk the auth deadline is gone; the next wake-up is the heartbeat timeout."""
     deadlines = start()
     deadlines.heard(T0 + 5)
     deadlines.authenticated(token_deadline=T0 + 10_000)
     assert deadlines.auth_deadline == math.inf
-    assert deadlines.due(T0 + 10) is False
-    assert deadlines.next_wakeup() == T0 + 25
+    assert deadlines.due(T0 + 10) is None
+    assert deadlines.next_wakeup() == T0 + 65
 
 
 def test_pings_are_sent_every_heartbeat_interval() -> None:
-    """due says ping at each interval, and scheduling is from the time it was asked."""
+    """ping_due says ping at each interval, scheduled from when it was asked; no wake-up."""
     deadlines = start(auth=1_000.0, timeout=1_000.0)
-    assert deadlines.due(T0 + 24.9) is False
-    assert deadlines.due(T0 + 25) is True
-    assert deadlines.due(T0 + 25) is False
-    assert deadlines.next_wakeup() == T0 + 50
-    assert deadlines.due(T0 + 53) is True  # a late wake-up: the next ping is 25 s later
-    assert deadlines.next_wakeup() == T0 + 78
-    assert deadlines.due(T0 + 77.9) is False
+    assert deadlines.ping_due(T0 + 24.9) is False
+    assert deadlines.ping_due(T0 + 25) is True
+    assert deadlines.ping_due(T0 + 25) is False
+    assert deadlines.next_ping == T0 + 50
+    assert deadlines.ping_due(T0 + 53) is True  # asked late: the next ping is 25 s later
+    assert deadlines.next_ping == T0 + 78
+    assert deadlines.ping_due(T0 + 77.9) is False
+    assert deadlines.next_wakeup() == T0 + 1_000  # the reader never wakes for a ping
 
 
 def test_silence_for_heartbeat_timeout_closes_4002() -> None:
     """Nothing heard for heartbeat_timeout: close 4002, at exactly the timeout."""
     deadlines = start()
     deadlines.authenticated(token_deadline=math.inf)
-    assert deadlines.due(T0 + 59.999) is True  # a ping is due, not a close
+    assert deadlines.due(T0 + 59.999) is None
     assert deadlines.due(T0 + 60) is CloseCode.HEARTBEAT_TIMEOUT
 
 
@@ -77,7 +78,7 @@ def test_anything_heard_postpones_the_heartbeat_timeout() -> None:
 
 
 def test_next_wakeup_includes_the_heartbeat_timeout() -> None:
-    """When the timeout comes before the next ping, the reader wakes for the timeout."""
+    """The reader wakes for the heartbeat timeout, moved by what it hears."""
     deadlines = start(auth=1_000.0, interval=100.0, timeout=30.0)
     assert deadlines.next_wakeup() == T0 + 30
     deadlines.heard(T0 + 20)
@@ -89,7 +90,7 @@ def test_an_expired_token_closes_4005() -> None:
     deadlines = start(timeout=1_000.0)
     deadlines.authenticated(token_deadline=T0 + 20)
     assert deadlines.next_wakeup() == T0 + 20
-    assert deadlines.due(T0 + 19.99) is False
+    assert deadlines.due(T0 + 19.99) is None
     assert deadlines.due(T0 + 20) is CloseCode.TOKEN_EXPIRED
 
 
@@ -98,7 +99,7 @@ def test_re_authentication_moves_the_token_deadline() -> None:
     deadlines = start(timeout=1_000.0)
     deadlines.authenticated(token_deadline=T0 + 20)
     deadlines.authenticated(token_deadline=T0 + 500)
-    assert deadlines.due(T0 + 30) is True  # a ping is due; the token is not
+    assert deadlines.due(T0 + 30) is None  # the first token would have expired
     assert deadlines.due(T0 + 500) is CloseCode.TOKEN_EXPIRED
 
 
@@ -108,13 +109,13 @@ def test_re_authentication_moves_the_token_deadline() -> None:
         (False, True, False, CloseCode.AUTH_TIMEOUT),
         (True, True, True, CloseCode.HEARTBEAT_TIMEOUT),
         (True, False, True, CloseCode.TOKEN_EXPIRED),
-        (True, False, False, True),
+        (True, False, False, None),
     ],
 )
-def test_close_codes_take_precedence_over_each_other_and_over_pings(
-    authenticated: bool, silent: bool, token_expired: bool, expected: CloseCode | bool
+def test_close_codes_take_precedence_over_each_other(
+    authenticated: bool, silent: bool, token_expired: bool, expected: CloseCode | None
 ) -> None:
-    """When several deadlines have passed: 4001, then 4002, then 4005, then a ping."""
+    """When several deadlines have passed: 4001, then 4002, then 4005; else nothing."""
     deadlines = start(auth=10.0, interval=5.0, timeout=60.0)
     now = T0 + 100
     if authenticated:
