@@ -516,10 +516,8 @@ class Room:
             now_ms,
             msg.key_epoch,
         )
-        effects: list[Effect] = [Send(self.connections(), message.event())]
-        if self.history.on:
-            effects.insert(0, Append(message))
-        return effects
+        send = Send(self.connections(), message.event())
+        return [Append(message), send] if self.history.on else [send]
 
     def history_query(self, conn: Handle, msg: m.GetHistory) -> tuple[int, int]:
         """Return the `(before, limit)` of the page `msg` asks for; raise `notMember`."""

@@ -1,13 +1,14 @@
 """The room store: what survives a restart, behind a seam a cluster can share.
 
 A store keeps one `RoomRecord` (roomd.core.room) per room: id, host, encrypted
-room key, creation time, since when it has been empty, and `seq_reserved`, the
-high-water mark of `seq`. The room loop never writes per message: it reserves
-`seq` numbers in blocks (`SEQ_BLOCK`) and saves the record only when the block
-runs out or a durable field (host, key, emptiness) changes, and it saves
-*before* it lets anyone see the change. So after a crash, even `kill -9`, a
-room restarts at `seq_reserved`, above every `seq` it ever sent: `seq` never
-repeats or goes back.
+room key, creation time, since when it has been empty, `seq_reserved` (the
+high-water mark of `seq`), epoch, key epoch and bans; and, with history on,
+each room's newest messages. Rooms write through a `Batch` per scheduler turn
+(daemon/writer.py), *before* anyone sees the change. With history on, each
+message is stored with its `seq`, so `seq_reserved` is exact; with history off
+the room reserves `seq` numbers in blocks (`SEQ_BLOCK`) and saves only when a
+block runs out or a durable field changes. Either way, after a crash, even
+`kill -9`, `seq` never repeats or goes back.
 
 Implementations: `SqliteRoomStore` (sqlite.py, the default, a file in the data
 dir) and `MemoryRoomStore` (memory.py, nothing survives; for tests of the trio
