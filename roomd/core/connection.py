@@ -10,9 +10,9 @@ owns one `Connection` per accepted WebSocket and feeds it what happened:
   an oversized frame is refused before it is whole;
 - `receive_frame(payload, now, wall_ms, room_ids)` for every complete frame;
 - `receive_control(now, ping=...)` for every ping or pong (they pay the bucket too);
-- `heard(now)` whenever bytes arrived, and `wake(now)` when the shell's wait
-  for bytes reached `next_deadline()`;
-- `ping_due(now)` at `next_ping`, from the server's one pinger;
+- `heard(now)` whenever bytes arrived;
+- `wake(now)`, then `ping_due(now)`, at `next_timer`, from the server's one
+  timekeeper (a reader waits only for bytes);
 - `room_created`, `room_gone` when a room the connection addressed answered
   from outside (the registry);
 - `join_arrived`, `attached`, `detached` from the room loops.
@@ -208,8 +208,13 @@ class Connection:
         return "timeout" if self.close_code == CloseCode.HEARTBEAT_TIMEOUT else "disconnected"
 
     def next_deadline(self) -> float:
-        """Return when the shell must call `wake` if no bytes arrive before."""
+        """Return when `wake` may first have a close to say, if no bytes arrive before."""
         return self.deadlines.next_wakeup()
+
+    @property
+    def next_timer(self) -> float:
+        """When the shell must next call `wake`, then `ping_due`: the earlier of both."""
+        return min(self.deadlines.next_ping, self.deadlines.next_wakeup())
 
     # -- time ------------------------------------------------------------------
 
@@ -224,7 +229,7 @@ class Connection:
 
     @property
     def next_ping(self) -> float:
-        """When this connection's next ping is due (the server's pinger asks then)."""
+        """When this connection's next ping is due (the server's timekeeper asks then)."""
         return self.deadlines.next_ping
 
     def ping_due(self, now: float) -> bool:

@@ -1,10 +1,10 @@
 """The timers of one connection: auth deadline, heartbeat, pings and token expiry.
 
-Sans-I/O: the connection's reader sleeps until `next_wakeup()` (trio's clock) or
-until bytes arrive, tells this object `heard(now)` about every frame, and on
-waking asks `due(now)` whether to close, with which code. Pings are timed
-apart, by one pinger for the whole server: it asks `ping_due(now)` at
-`next_ping`, so a healthy idle connection's reader wakes only for the pong.
+Sans-I/O: the shell tells this object `heard(now)` about every frame and, at
+the earlier of `next_wakeup()` and `next_ping` (one timekeeper for the whole
+server keeps a heap of them), asks `due(now)` whether to close, with which
+code, and `ping_due(now)` whether to ping. So a reader waits only for bytes,
+and a healthy idle connection's reader wakes only for the pong.
 """
 
 from __future__ import annotations

@@ -3,10 +3,12 @@
 Each accepted connection is one task, its reader: bytes -> wsproto events ->
 the core `Connection` (roomd.core.connection), which decides everything, and
 its actions carried out here: replies into the outbox, commands into room
-inboxes, pings, closes. The reader waits for the socket no longer than the
-core's `next_deadline()` and then calls `wake`, so the connection's timers (auth,
-heartbeat, token expiry) need no task of their own: an idle connection is one
-task. Everything sent goes through the connection's `Outbox` (outbox.py).
+inboxes, pongs, closes. The reader waits only for bytes, under no deadline of
+its own: the server's one `Timekeeper` (timekeeper.py) pings the connection
+and closes it when a deadline (auth, heartbeat, token expiry) passes, which
+cancels the reader. So an idle connection is one task, suspended in one
+system-level wait. Everything sent goes through the connection's `Outbox`
+(outbox.py).
 
 Closing: whoever decides to close calls `Session.close(code)`, which stops
 deliveries, stops the outbox and cancels the reader. The connection task then
@@ -46,15 +48,16 @@ from roomd.core.connection import (
     SendPong,
     ToRoom,
 )
+from roomd.core.frames import OP_BINARY, OP_PING, OP_PONG, ClientFrames
 from roomd.core.refusal import RefusalLog
 from roomd.core.room import room_tag
 from roomd.core.stats import Stats
 from roomd.daemon.handshake import RECEIVE_SIZE, log_refusal, refuse_at_first_bytes, upgrade
 from roomd.daemon.outbox import Flusher, socket_fd
-from roomd.daemon.pinger import Pinger
 from roomd.daemon.registry import RoomRegistry
 from roomd.daemon.room_loop import Act, Command, Disconnect, Join
 from roomd.daemon.session import Session, Sessions
+from roomd.daemon.timekeeper import Timekeeper
 from roomd.errors import CloseCode, ProtocolError
 
 log = logging.getLogger("roomd.reader")
@@ -85,8 +88,8 @@ class ConnectionContext:
     nursery: trio.Nursery
     registry: RoomRegistry
     sessions: Sessions
-    # Pings every connection on time (the reader waits only for bytes and closes).
-    pinger: Pinger
+    # Keeps every connection's timers: pings and closing deadlines.
+    timekeeper: Timekeeper
     conn_ids: itertools.count[int]
 
 
@@ -137,7 +140,13 @@ class Reader:
     ws: wsproto.connection.Connection
     conn_id: int
     peer_close: CloseConnection | None = None
+    # The fast path for common frames, until the first unusual one (then wsproto's).
+    _frames: ClientFrames = attrs.field(init=False)
     _parts: list[Any] = attrs.field(factory=list)
+
+    @_frames.default
+    def _fast_frames(self) -> ClientFrames:
+        return ClientFrames(self.context.limits.max_frame)
 
     async def run(self, codec: Codec, pipelined: bytes = b"") -> None:
         """Serve the accepted connection until it closes, then leave every room.
@@ -160,7 +169,7 @@ class Reader:
         )
         outbox = session.outbox
         context.sessions.add(session)
-        context.pinger.watch(session)
+        context.timekeeper.watch(session)
         try:
             session.send(context.limits.hello())
             with session.reader_scope:
@@ -187,7 +196,7 @@ class Reader:
         finally:
             outbox.abort()
             context.sessions.ended(session)
-            context.pinger.forget(session)
+            context.timekeeper.forget(session)
             await self._leave_rooms(session)
             log.info("conn %d closed code=%s", self.conn_id, session.close_code)
 
@@ -214,6 +223,8 @@ class Reader:
             await self.stream.send_all(self.ws.send(reply))
             if answering_peer:
                 return  # the peer spoke first: the closing handshake is complete
+            if not self._frames.done:  # wsproto reads on from a frame's first byte
+                self.ws.receive_data(self._frames.rest())
             while True:  # we spoke first: read until the peer's close frame or EOF
                 data = await self.stream.receive_some(RECEIVE_SIZE)
                 if not data:
@@ -251,33 +262,23 @@ class Reader:
     # -- reader ----------------------------------------------------------------
 
     async def _read(self, session: Session, pipelined: bytes) -> None:
-        connection = session.connection
         if pipelined and not await self._take_in(session, pipelined):
             return
         # On a plain TCP socket, wait for readability and read the descriptor directly:
         # the same system call as receive_some, without the three coroutine frames that
         # every idle connection would otherwise keep suspended.
         fd = socket_fd(self.stream)
-        data: bytes | bytearray = b""
         while True:
-            with trio.move_on_at(connection.next_deadline()) as wakeup_scope:
-                try:
-                    if fd >= 0:
-                        await trio.lowlevel.wait_readable(fd)
-                        data = os.read(fd, RECEIVE_SIZE)
-                    else:
-                        data = await self.stream.receive_some(RECEIVE_SIZE)
-                except BlockingIOError:
-                    continue  # woken without data after all: wait again
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                    return  # reset by the peer: the same as EOF for us
-            if wakeup_scope.cancelled_caught:
-                due = connection.wake(trio.current_time())
-                if due is not None:
-                    await self._carry_out(session, due)
-                if connection.close_code is not None:
-                    return
-                continue
+            try:
+                if fd >= 0:
+                    await trio.lowlevel.wait_readable(fd)
+                    data: bytes | bytearray = os.read(fd, RECEIVE_SIZE)
+                else:
+                    data = await self.stream.receive_some(RECEIVE_SIZE)
+            except BlockingIOError:
+                continue  # woken without data after all: wait again
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                return  # reset by the peer: the same as EOF for us
             if not data or not await self._take_in(session, data):
                 return
 
@@ -285,14 +286,30 @@ class Reader:
         """Process bytes read from the client; return False once reading must stop."""
         connection = session.connection
         connection.heard(trio.current_time())
+        frames = self._frames
+        if not frames.done:
+            fed = frames.feed(bytes(data))
+            for count, frame in enumerate(fed.frames, 1):
+                if count % YIELD_EVERY == 0 and not await self._yield(connection):
+                    return False
+                if frame.opcode <= OP_BINARY:
+                    await self._receive_message(session, frame.payload)
+                    continue
+                assert isinstance(frame.payload, bytes)  # only text frames are decoded
+                if not await self._receive_control(session, frame.payload, frame.opcode):
+                    return False
+            if fed.too_big is not None:
+                too_big = connection.frame_part(fed.too_big, finished=True)
+                assert too_big is not None  # the fast path's limit is max_frame
+                await self._carry_out(session, too_big)
+                return False
+            if fed.unusual is None:
+                return connection.close_code is None
+            data = fed.unusual  # wsproto's from here on
         self.ws.receive_data(bytes(data))
         for count, event in enumerate(self.ws.events(), 1):
-            if count % YIELD_EVERY == 0:
-                # A read of tiny frames (a ping flood) must not keep the other tasks
-                # waiting; real messages rarely come this many to a read.
-                await trio.lowlevel.checkpoint()
-                if connection.close_code is not None:
-                    return False
+            if count % YIELD_EVERY == 0 and not await self._yield(connection):
+                return False
             if isinstance(event, TextMessage | BytesMessage):
                 part = event.data
                 self._parts.append(part)
@@ -303,26 +320,38 @@ class Reader:
                     await self._carry_out(session, too_big)
                     return False
                 if event.message_finished:
-                    payload = self._take_payload()
-                    # The clock read per frame: handing one to a room may have waited.
-                    actions = connection.receive_frame(
-                        payload,
-                        trio.current_time(),
-                        self.context.wall_ms(),
-                        self.context.registry,
-                    )
-                    for action in actions:
-                        await self._carry_out(session, action)
+                    await self._receive_message(session, self._take_payload())
             elif isinstance(event, Ping | Pong):
-                ping = bytes(event.payload) if isinstance(event, Ping) else None
-                control = connection.receive_control(trio.current_time(), ping=ping)
-                if control is not None:
-                    await self._carry_out(session, control)
-                    if connection.close_code is not None:
-                        return False
+                opcode = OP_PING if isinstance(event, Ping) else OP_PONG
+                if not await self._receive_control(session, bytes(event.payload), opcode):
+                    return False
             elif isinstance(event, CloseConnection):
                 self.peer_close = event
                 return False
+        return connection.close_code is None
+
+    @staticmethod
+    async def _yield(connection: Connection) -> bool:
+        # A read of tiny frames (a ping flood) must not keep the other tasks waiting;
+        # real messages rarely come this many to a read.
+        await trio.lowlevel.checkpoint()
+        return connection.close_code is None
+
+    async def _receive_message(self, session: Session, payload: str | bytes) -> None:
+        # The clock read per frame: handing one to a room may have waited.
+        actions = session.connection.receive_frame(
+            payload, trio.current_time(), self.context.wall_ms(), self.context.registry
+        )
+        for action in actions:
+            await self._carry_out(session, action)
+
+    async def _receive_control(self, session: Session, payload: bytes, opcode: int) -> bool:
+        """Apply a client ping or pong; return False once reading must stop."""
+        connection = session.connection
+        ping = payload if opcode == OP_PING else None
+        control = connection.receive_control(trio.current_time(), ping=ping)
+        if control is not None:
+            await self._carry_out(session, control)
         return connection.close_code is None
 
     def _take_payload(self) -> str | bytes:
@@ -357,6 +386,7 @@ class Reader:
                 created = None if room is None else room.room_id
                 await self._carry_out(session, session.connection.room_created(action, created))
             case Authenticated(aid, reply, renewed):
+                self.context.timekeeper.reschedule(session)  # the token's expiry counts now
                 if not renewed:
                     log.info("conn %d auth aid=%s", self.conn_id, aid)
                 session.send(reply)

@@ -6,7 +6,8 @@
         ├── expiry timer: deletes dormant rooms on time (one cancel scope for all)
         ├── store writer: each scheduler turn's room changes, one transaction
         ├── history sweep: messages older than history_ttl, every minute
-        ├── pinger: every connection's ping, on time (one heap, one timer)
+        ├── timekeeper: every connection's pings and closing deadlines (one heap,
+        │   one timer)
         ├── flusher: every dirty outbox -> its socket, once per scheduler turn
         ├── event bus pump: bus events -> room inboxes
         └── rooms nursery: one room loop per live room (RoomRegistry); an empty
@@ -46,10 +47,10 @@ from roomd.core.stats import Stats
 from roomd.daemon.bus import BusEvent, EventBus, Kick, LocalEventBus
 from roomd.daemon.control import RoomControl
 from roomd.daemon.outbox import Flusher
-from roomd.daemon.pinger import Pinger
 from roomd.daemon.reader import ConnectionContext, serve_connection
 from roomd.daemon.registry import RoomRegistry
 from roomd.daemon.session import Sessions
+from roomd.daemon.timekeeper import Timekeeper
 from roomd.daemon.writer import StoreWriter
 from roomd.store import RoomStore
 
@@ -166,8 +167,8 @@ class Server:
         )
         sessions = Sessions(self.stats)
         flusher = Flusher()
-        pinger = Pinger()
-        await server_nursery.start(pinger.run)
+        timekeeper = Timekeeper()
+        await server_nursery.start(timekeeper.run)
         # In the server nursery: it outlives the rooms, which write through it.
         writer = StoreWriter(self.store, config.history_size)
         await server_nursery.start(writer.run)
@@ -200,7 +201,7 @@ class Server:
                     nursery=connections,
                     registry=registry,
                     sessions=sessions,
-                    pinger=pinger,
+                    timekeeper=timekeeper,
                     conn_ids=itertools.count(1),
                 )
 

@@ -202,7 +202,10 @@ def test_timers_through_wake(changes: dict[str, float], steps: list[Step]) -> No
 def test_next_deadline_is_the_earliest_timer_and_nothing_is_due_before_it(
     auth_timeout: float, interval: float, timeout: float, ttl: int, auth_at: float | None
 ) -> None:
-    """next_deadline() is the earliest closing timer; wake says nothing before it."""
+    """next_deadline() is the earliest closing timer, next_timer the earliest of it and the ping.
+
+    wake says nothing before next_deadline, and ping_due nothing before next_ping.
+    """
     conn = start(auth_timeout=auth_timeout, heartbeat_interval=interval, heartbeat_timeout=timeout)
     auth_deadline, token_deadline = auth_timeout, math.inf
     if auth_at is not None:  # always before the auth deadline (auth_timeout >= 1)
@@ -213,7 +216,9 @@ def test_next_deadline_is_the_earliest_timer_and_nothing_is_due_before_it(
     deadline = conn.next_deadline()
     assert deadline == min(auth_deadline, timeout, token_deadline)
     assert conn.next_ping == interval
+    assert conn.next_timer == min(deadline, interval)
     assert conn.wake(deadline * 0.999) is None
+    assert not conn.ping_due(interval * 0.999)
     assert conn.wake(deadline) is not None
 
 

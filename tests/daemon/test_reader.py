@@ -96,6 +96,21 @@ async def test_token_expiry_closes_with_4005(autojump_clock: trio.testing.MockCl
             assert 29 <= trio.current_time() - start <= 30.01
 
 
+async def test_token_expiring_before_the_first_ping_closes_on_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A token that expires before the auth deadline and the first ping still closes at its exp."""
+    with trio.fail_after(60):
+        async with running_server() as h:
+            client = await h.connect()
+            reply = await client.request({"type": "auth", "token": token("alice", ttl=4)})
+            assert reply["type"] == "authOk"
+            start = trio.current_time()
+            assert await client.expect_close() == 4005
+            assert 3 <= trio.current_time() - start <= 4.01
+            assert client.pings == 0
+
+
 async def test_reauth_extends_same_aid_and_forbids_another(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -228,6 +243,30 @@ async def test_invalid_utf8_in_text_frame_closes_with_1007(
                 "bob",
                 "disconnected",
             )
+
+
+async def test_a_fragmented_message_is_taken_whole_and_what_follows_still_is(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A message in three fragments with a ping among them, then a whole frame: all in order."""
+    with trio.fail_after(10):
+        async with running_server() as h:
+            room, (alice, bob) = await h.open_room("alice", "bob")
+            message = b'{"type": "message", "roomId": "%s", "ciphertext": "aGk="}' % room.encode()
+            await bob.send_frame(0x1, message[:10], fin=False)
+            await bob.send_frame(0x9, b"still here")  # a control frame between fragments
+            await bob.send_frame(0x0, message[10:20], fin=False)
+            await bob.send_frame(0x0, message[20:])
+            await bob.send({"type": "message", "roomId": room, "ciphertext": "Ynll"})
+            for client in (alice, bob):
+                for expected_seq, ciphertext in ((1, "aGk="), (2, "Ynll")):
+                    got = await client.recv()
+                    assert (got["type"], got["seq"], got["ciphertext"]) == (
+                        "newMessage",
+                        expected_seq,
+                        ciphertext,
+                    )
+            assert bob.pongs == 1
 
 
 async def test_cbor_and_json_members_see_the_same_blob_bytes(
