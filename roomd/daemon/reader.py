@@ -404,6 +404,8 @@ class Reader:
                 handle = await registry.wake(action.room_id)
                 if handle is None:
                     break
+            if isinstance(command, Act) and handle.loop.apply_now(command):
+                return  # applied here: the room's loop was idle
             try:
                 # Without a checkpoint when the inbox has room: the reader then hands a
                 # whole chunk of frames to the room in one scheduler turn, and the room
