@@ -8,6 +8,7 @@ import pytest
 import trio
 import trio.testing
 
+from roomd.daemon.bus import Delete
 from roomd.daemon.room_loop import Join
 
 from ..harness import Client, Harness, running_server
@@ -89,6 +90,26 @@ async def test_a_join_and_leave_in_one_burst_restart_the_countdown(
             assert room in h.registry
             await trio.sleep(TTL)
             assert h.registry.room_ids() == []
+
+
+async def test_a_join_queued_behind_the_room_s_deletion_is_answered_not_found(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A join still in the inbox when the room is deleted gets notFound with its id, not silence."""
+    with trio.fail_after(30):
+        async with running_server() as h:
+            room, (alice,) = await h.open_room("alice")
+            bob = await h.login("bob")
+            session = h.session_of("bob")
+            handle = h.registry.live[room]
+            session.connection.joining[room] += 1  # as the reader counts a join it hands on
+            # Both queued in one turn: the loop applies the deletion first, then stops.
+            handle.inbox_send.send_nowait(Delete(room, "deleted"))
+            handle.inbox_send.send_nowait(Join(session, "bob", None, "j1"))
+            assert (await alice.recv())["type"] == "roomDeleted"
+            reply = await bob.recv()
+            assert (reply["type"], reply["code"], reply["id"]) == ("error", "notFound", "j1")
+            assert room not in session.connection.joining
 
 
 # -- fan-out and closing ----------------------------------------------------------
