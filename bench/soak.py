@@ -16,7 +16,7 @@ import trio
 
 from bench.client import Client
 from bench.measure import proc_rss_bytes
-from bench.scenarios import _act, _close_all, _login_all, lifecycle, missing_from_senders
+from bench.scenarios import _act_all, _close_all, _login_all, lifecycle, missing_from_senders
 from bench.session import Run, Window, shard_result
 
 
@@ -78,9 +78,7 @@ async def soak(
 
         async with trio.open_nursery() as load:
             load.start_soon(sample)
-            for room, clients in members.items():
-                for client in clients:
-                    load.start_soon(_act, run, client, room, rate, end, sent[room])
+            load.start_soon(_act_all, run, members, rate, end, sent)
             my_rate = churn_rate / coord.count
             k = 0
             while start + k / my_rate < end:
