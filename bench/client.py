@@ -377,8 +377,8 @@ class Reactor:
     A task per client would cost a scheduler wake-up per client per message; at
     20,000 deliveries/s that delay lands in the latencies being measured. The
     reactor waits on one epoll descriptor holding all client sockets, then reads
-    and feeds every ready client in one pass. Pongs and close replies go out
-    from short tasks of their own.
+    and feeds every ready client in one pass. Pongs and close replies are
+    written at once when the socket takes them, else from short tasks of their own.
     """
 
     _instances: ClassVar[dict[object, Reactor]] = {}
@@ -443,7 +443,11 @@ class Reactor:
             return
         replies = client._feed(data, now)
         if replies:
-            trio.lowlevel.spawn_system_task(_send_quietly, client, replies)
+            try:
+                if not client.send_now(replies):
+                    trio.lowlevel.spawn_system_task(_send_quietly, client, replies)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the reset shows as EOF on the next read
         if client.closed.is_set():
             self.remove(client)
 

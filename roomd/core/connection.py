@@ -213,8 +213,8 @@ class Connection:
 
     @property
     def next_timer(self) -> float:
-        """When the shell must next call `wake`, then `ping_due`: the earlier of both."""
-        return min(self.deadlines.next_ping, self.deadlines.next_wakeup())
+        """When the shell must next call `wake`, then `ping_due` (a ping's time on its grid)."""
+        return self.deadlines.next_timer()
 
     # -- time ------------------------------------------------------------------
 

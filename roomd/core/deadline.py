@@ -15,6 +15,12 @@ import attrs
 
 from roomd.errors import CloseCode
 
+# Pings go out on a grid of this many seconds (a power of two: exact in floats).
+# A ping is then at most this late, and the connections whose pings fall in one
+# slot are pinged in one scheduler turn, so their pongs come back together: the
+# turn's fixed costs (polling, waking the timekeeper, flushing) are shared.
+PING_GRID = 1 / 16
+
 
 @attrs.define(slots=True)
 class ConnectionDeadlines:
@@ -54,6 +60,11 @@ class ConnectionDeadlines:
         return min(
             self.auth_deadline, self.last_heard + self.heartbeat_timeout, self.token_deadline
         )
+
+    def next_timer(self) -> float:
+        """Return when to ask `due`, then `ping_due`: the next ping's grid slot or a deadline."""
+        slot = math.ceil(self.next_ping / PING_GRID) * PING_GRID
+        return min(slot, self.next_wakeup())
 
     def due(self, now: float) -> CloseCode | None:
         """Return the close code that is due at `now` (4001 before 4002 before 4005), or None."""

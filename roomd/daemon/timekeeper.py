@@ -11,6 +11,11 @@ next timer, `Connection.next_timer`: at that time it asks the core `Connection`
 (`wake`: close it, `session.close(code)`, which cancels its reader; `ping_due`:
 put the ping frame into its outbox) and schedules the next one.
 
+Pings fall on a grid (`PING_GRID`, 1/16 s, in the core): the connections due
+in one slot are pinged in one turn and their pongs come back together, which
+shares the per-turn costs (measured: 109 -> 80 us per connection per ping
+cycle with a generator that answers each ping at once).
+
 A heap entry is never late: the core's timers only move later (bytes heard,
 auth done), except at authentication, which may bring a token's expiry closer;
 the reader then calls `reschedule`. An entry that comes up early finds nothing
