@@ -23,8 +23,8 @@ The fast path: while the loop waits for commands with none queued, a reader
 applies a member's everyday message (`apply_now`: a message, typing, a
 reaction, a signal...) itself, in its own task and without a checkpoint, so
 every state change stays serial and the room's task is not woken for it
-(measured: a task switch and a channel hop per message were a seventh of the
-server's CPU in the chat mix, README Performance). Anything that may end the
+(measured: a task switch and a channel hop per message were about a tenth of
+the server's CPU in the chat mix, README Performance). Anything that may end the
 room or must read the store goes through the inbox.
 
 Commands come from connections (`Join`, `Act`, `Disconnect`) and from the event
