@@ -4,12 +4,13 @@ A connection has a ping to send every `heartbeat_interval` and deadlines that
 close it (auth 4001, heartbeat 4002, token expiry 4005). A reader that waited
 on its socket under a cancel scope with those deadlines would enter and leave
 a scope per read, and unwind a `Cancelled` through its wait once per ping
-(measured: the larger part of the server's CPU both in the chat mix and with
-3,000 idle connections pinged every second, README Performance). Instead each
-reader waits only for bytes, and this task keeps a heap of each connection's
-next timer, `Connection.next_timer`: at that time it asks the core `Connection`
-(`wake`: close it, `session.close(code)`, which cancels its reader; `ping_due`:
-put the ping frame into its outbox) and schedules the next one.
+(measured: over 60% of the server's CPU with 3,000 idle connections pinged
+every second, and about a sixth of it in the chat mix; README Performance).
+Instead each reader waits only for bytes, and this task keeps a heap of each
+connection's next timer, `Connection.next_timer`: at that time it asks the core
+`Connection` (`wake`: close it, `session.close(code)`, which cancels its
+reader; `ping_due`: put the ping frame into its outbox) and schedules the next
+one.
 
 Pings fall on a grid (`PING_GRID`, 1/16 s, in the core): the connections due
 in one slot are pinged in one turn and their pongs come back together, which
