@@ -298,8 +298,9 @@ class RoomRegistry:
     def _start(self, room: Room, expiry_deadline: float) -> RoomHandle:
         inbox_send, inbox_recv = trio.open_memory_channel[Command](INBOX_SIZE)
         expiry = Expiry(self.config.room_ttl, expiry_deadline)
-        loop = RoomLoop(room, self.store, self.writer, self.stats, self.wall_ms, expiry, self.quota)
-        loop.inbox_send = inbox_send
+        loop = RoomLoop(
+            room, self.store, self.writer, self.stats, self.wall_ms, expiry, self.quota, inbox_send
+        )
         handle = self.live[room.room_id] = RoomHandle(room, inbox_send, loop)
         self.nursery.start_soon(self._run_room, loop, inbox_recv, name="room loop")
         return handle

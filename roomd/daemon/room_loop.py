@@ -108,6 +108,8 @@ class RoomLoop:
     expiry: Expiry
     # Counts the rooms each AID hosts: told of every host change.
     quota: RoomQuota
+    # The inbox's sending side: it tells whether the loop waits with nothing queued.
+    inbox_send: trio.MemorySendChannel[Command]
     # What the store holds of the room, to know when a command changed it.
     _saved: tuple[object, ...] = attrs.field(init=False)
     # The host the quota counts this room for.
@@ -118,8 +120,6 @@ class RoomLoop:
     _in_flight: int = 0
     # The latest submission to the writer (to wait until it is durable).
     _submitted: Submission | None = None
-    # The inbox's sending side: it tells whether the loop waits with nothing queued.
-    inbox_send: trio.MemorySendChannel[Command] | None = None
 
     @_saved.default
     def _initially_saved(self) -> tuple[object, ...]:
@@ -177,11 +177,9 @@ class RoomLoop:
         inbox instead (the loop is busy, or the message may end the room or read
         the store). Never blocks and never checkpoints.
         """
-        inbox = self.inbox_send
         if (
-            inbox is None
-            or isinstance(command.msg, _VIA_INBOX)
-            or not inbox.statistics().tasks_waiting_receive
+            isinstance(command.msg, _VIA_INBOX)
+            or not self.inbox_send.statistics().tasks_waiting_receive
         ):
             return False
         self._apply_act(command.session, command.msg, self.wall_ms())
@@ -218,10 +216,7 @@ class RoomLoop:
         except ProtocolError as exc:
             self.refuse(command, exc)
             return
-        if room.host != self.counted_host:
-            self.quota.host_changed(self.counted_host, room.host)
-            self.counted_host = room.host
-        self._effects.extend(effects)
+        self._took(effects)
 
     def _apply_act(self, session: Session, msg: m.RoomMessage, now: int) -> None:
         room = self.room
@@ -230,6 +225,11 @@ class RoomLoop:
         except ProtocolError as exc:
             self.refuse(Act(session, msg), exc)
             return
+        self._took(effects)
+
+    def _took(self, effects: list[Effect]) -> None:
+        """Queue an applied command's effects; tell the quota if the host changed."""
+        room = self.room
         if room.host != self.counted_host:
             self.quota.host_changed(self.counted_host, room.host)
             self.counted_host = room.host
