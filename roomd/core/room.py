@@ -128,7 +128,8 @@ class Room:
     seq: int = 0
     # The durable high-water mark of `seq`: no message may carry a seq above it
     # until the shell has saved a higher one (see `durable_state`). With history
-    # on, every message is stored with its seq, so the mark is the seq itself.
+    # on, every message is stored with its seq, so the mark is the seq itself,
+    # and the store reads it back from the stored messages (roomd.store).
     seq_reserved: int = 0
     seq_block: int = SEQ_BLOCK
     # Why the room was deleted (`deleted`, `expired`); None while it exists.
@@ -208,13 +209,15 @@ class Room:
         """Return what the store keeps of this room that can change.
 
         The shell compares it before and after each method and, when it changed,
-        saves `to_record()` before it carries out the method's effects.
+        saves `to_record()` before it carries out the method's effects. With
+        history on, a message changes none of it: its `seq` is durable with the
+        stored message itself, so sending is not also a write of the record.
         """
         return (
             self.host,
             self.encrypted_room_key,
             self.empty_since,
-            self.seq_reserved,
+            None if self.history.on else self.seq_reserved,
             self.key_epoch,
             self.bans,
         )

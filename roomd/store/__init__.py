@@ -5,10 +5,13 @@ room key, creation time, since when it has been empty, `seq_reserved` (the
 high-water mark of `seq`), epoch, key epoch and bans; and, with history on,
 each room's newest messages. Rooms write through a `Batch` per scheduler turn
 (daemon/writer.py), *before* anyone sees the change. With history on, each
-message is stored with its `seq`, so `seq_reserved` is exact; with history off
-the room reserves `seq` numbers in blocks (`SEQ_BLOCK`) and saves only when a
-block runs out or a durable field changes. Either way, after a crash, even
-`kill -9`, `seq` never repeats or goes back.
+message is stored with its `seq` and the record is not re-saved for it: a
+store reads a room's `seq_reserved` as the higher of the record's and its
+newest stored message's, and before a history sweep forgets messages it raises
+the record to their newest `seq`. So `seq` is exact after a restart. With
+history off the room reserves `seq` numbers in blocks (`SEQ_BLOCK`) and saves
+only when a block runs out or a durable field changes. Either way, after a
+crash, even `kill -9`, `seq` never repeats or goes back.
 
 Implementations: `SqliteRoomStore` (sqlite.py, the default, a file in the data
 dir) and `MemoryRoomStore` (memory.py, nothing survives; for tests of the trio

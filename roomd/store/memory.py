@@ -29,12 +29,20 @@ class MemoryRoomStore:
         """Return up to `limit` stored rooms whose ids sort after `after`, in id order."""
         await trio.lowlevel.checkpoint()
         ids = heapq.nsmallest(limit, (room_id for room_id in self.records if room_id > after))
-        return [self.records[room_id] for room_id in ids]
+        return [self._read(self.records[room_id]) for room_id in ids]
 
     async def get(self, room_id: str) -> RoomRecord | None:
         """Return the stored room `room_id`, or None when there is none."""
         await trio.lowlevel.checkpoint()
-        return self.records.get(room_id)
+        record = self.records.get(room_id)
+        return None if record is None else self._read(record)
+
+    def _read(self, record: RoomRecord) -> RoomRecord:
+        # As in SQLite: the newest stored message's seq counts (the record lags it).
+        ring = self.histories.get(record.room_id)
+        if ring and ring[-1].seq > record.seq_reserved:
+            return attrs.evolve(record, seq_reserved=ring[-1].seq)
+        return record
 
     async def insert(self, record: RoomRecord) -> bool:
         """Store a new room; return False (storing nothing) when its id exists."""
@@ -89,7 +97,10 @@ class MemoryRoomStore:
         """Forget every message with `ts < oldest_ts`; return how many went."""
         await trio.lowlevel.checkpoint()
         swept = 0
-        for ring in self.histories.values():
+        for room_id, ring in self.histories.items():
+            record = self.records.get(room_id)
+            if record is not None and ring and ring[0].ts < oldest_ts:
+                self.records[room_id] = self._read(record)
             while ring and ring[0].ts < oldest_ts:
                 ring.popleft()
                 swept += 1

@@ -44,6 +44,14 @@ _COLUMNS = (
     "room_id, host, encrypted_room_key, created_at, empty_since, seq_reserved,"
     " epoch, key_epoch, bans"
 )
+# A room's `seq_reserved` as read: with history on, the record is not re-saved per
+# message, so the newest stored message may be above it (its seq is durable too).
+_SELECT_ROOMS = (
+    "SELECT room_id, host, encrypted_room_key, created_at, empty_since,"
+    " max(seq_reserved, coalesce("
+    "(SELECT max(seq) FROM messages WHERE messages.room_id = rooms.room_id), 0)),"
+    " epoch, key_epoch, bans FROM rooms"
+)
 _MESSAGE_COLUMNS = "room_id, seq, message_id, sender, ciphertext, iv, client_msg_id, ts, key_epoch"
 # Rows a history sweep deletes per transaction.
 SWEEP_CHUNK = 500
@@ -116,7 +124,7 @@ class SqliteRoomStore:
         return [_record(row) for row in rows]
 
     def _select_page(self, after: str, limit: int) -> list[tuple[Any, ...]]:
-        query = f"SELECT {_COLUMNS} FROM rooms WHERE room_id > ? ORDER BY room_id LIMIT ?"
+        query = f"{_SELECT_ROOMS} WHERE room_id > ? ORDER BY room_id LIMIT ?"
         return self._reader.execute(query, (after, limit)).fetchall()
 
     async def get(self, room_id: str) -> RoomRecord | None:
@@ -125,7 +133,7 @@ class SqliteRoomStore:
         return None if row is None else _record(row)
 
     def _select_one(self, room_id: str) -> tuple[Any, ...] | None:
-        query = f"SELECT {_COLUMNS} FROM rooms WHERE room_id = ?"
+        query = f"{_SELECT_ROOMS} WHERE room_id = ?"
         row: tuple[Any, ...] | None = self._reader.execute(query, (room_id,)).fetchone()
         return row
 
@@ -227,6 +235,8 @@ class SqliteRoomStore:
         In small transactions, yielding between them: the trio thread is never
         held for long.
         """
+        await trio.lowlevel.checkpoint()
+        self._keep_seq_of_swept(oldest_ts)
         swept = 0
         while True:
             await trio.lowlevel.checkpoint()
@@ -234,6 +244,18 @@ class SqliteRoomStore:
             swept += deleted
             if deleted < SWEEP_CHUNK:
                 return swept
+
+    def _keep_seq_of_swept(self, oldest_ts: int) -> None:
+        # A room's newest message may carry the only durable copy of its seq: raise the
+        # record to it before the message goes, so a restart never numbers it again.
+        self._db.execute(
+            "UPDATE rooms SET seq_reserved ="
+            " (SELECT max(seq) FROM messages WHERE messages.room_id = rooms.room_id)"
+            " WHERE room_id IN (SELECT DISTINCT room_id FROM messages WHERE ts < ?)"
+            " AND seq_reserved <"
+            " (SELECT max(seq) FROM messages WHERE messages.room_id = rooms.room_id)",
+            (oldest_ts,),
+        )
 
     def _sweep(self, oldest_ts: int) -> int:
         query = (

@@ -191,6 +191,43 @@ async def test_aged_messages_are_never_read_and_the_sweep_removes_them(store: Ro
         assert [m.seq for m in await store.messages_after("r1", 0, 10, 0)] == [3]
 
 
+async def test_a_room_reads_back_the_seq_of_its_newest_stored_message(store: RoomStore) -> None:
+    """With history, seq_reserved reads as the newest stored message's seq when that is higher."""
+    with trio.fail_after(10):
+        lagging = RoomRecord("r0", "alice", None, 1, None, 0)
+        await store.insert(lagging)
+        await store.insert(RECORD)  # reserved 1000: above any message
+        await store.commit(Batch(keep=2, messages=[stored("r0", s) for s in (1, 2, 3)]))
+        await store.commit(Batch(keep=2, messages=[stored("r1", 4)]))
+        assert await store.get("r0") == attrs.evolve(lagging, seq_reserved=3)
+        assert await store.load() == [attrs.evolve(lagging, seq_reserved=3), RECORD]
+
+
+async def test_the_history_sweep_keeps_the_seq_of_what_it_forgets(store: RoomStore) -> None:
+    """Sweeping every message of a room leaves its seq_reserved at their newest seq."""
+    with trio.fail_after(10):
+        lagging = RoomRecord("r0", "alice", None, 1, None, 0)
+        await store.insert(lagging)
+        await store.commit(Batch(keep=10, messages=[stored("r0", s, ts=100) for s in (1, 2)]))
+        assert await store.sweep_history(250) == 2
+        assert await store.messages_after("r0", 0, 10, 0) == []
+        assert await store.get("r0") == attrs.evolve(lagging, seq_reserved=2)
+
+
+async def test_sqlite_keeps_a_swept_room_s_seq_across_reopening(tmp_path: Path) -> None:
+    """The sweep's raise of seq_reserved is in the file, not only in what get returns."""
+    with trio.fail_after(10):
+        store = SqliteRoomStore.in_data_dir(tmp_path)
+        await store.insert(RoomRecord("r0", "alice", None, 1, None, 0))
+        await store.commit(Batch(keep=10, messages=[stored("r0", s, ts=100) for s in (1, 2, 3)]))
+        await store.sweep_history(250)
+        await store.aclose()
+        reopened = SqliteRoomStore.in_data_dir(tmp_path)
+        record = await reopened.get("r0")
+        await reopened.aclose()
+        assert record is not None and record.seq_reserved == 3
+
+
 async def test_deleting_a_room_deletes_its_history(store: RoomStore) -> None:
     """A deleted room's messages are gone with it."""
     with trio.fail_after(10):
