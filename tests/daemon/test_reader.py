@@ -143,6 +143,30 @@ async def test_client_answering_pings_stays_open(autojump_clock: trio.testing.Mo
             assert reply["type"] == "joinSuccess"
 
 
+async def test_timers_still_run_after_many_connections_came_and_went(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """After a hundred connections close, the one left is still pinged, a newcomer still gets 4001.
+
+    (Closed connections' timers are dropped from the timekeeper's heap in bulk;
+    that once left the timekeeper reading a list nobody added to any more.)
+    """
+    with trio.fail_after(600):
+        async with running_server() as h:
+            staying = await h.login("alice")
+            passing = [await h.connect() for _ in range(100)]
+            for client in passing:
+                await client.abort()
+            assert await staying.listen(1) == []  # the passing ones are gone
+            newcomer = await h.connect()
+            start = trio.current_time()
+            assert await newcomer.expect_close() == 4001
+            assert trio.current_time() - start == pytest.approx(10)
+            assert await staying.listen(100) == []
+            assert staying.pings == 4  # at 25, 50, 75 and 100 s
+            assert len(h.sessions) == 1
+
+
 async def test_silent_client_closed_with_4002_and_room_told_timeout(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
