@@ -48,7 +48,7 @@ from roomd.core.connection import (
     SendPong,
     ToRoom,
 )
-from roomd.core.frames import OP_BINARY, OP_PING, OP_PONG, ClientFrames
+from roomd.core.frames import OP_BINARY, OP_PING, ClientFrames
 from roomd.core.refusal import RefusalLog
 from roomd.core.room import room_tag
 from roomd.core.stats import Stats
@@ -285,7 +285,8 @@ class Reader:
     async def _take_in(self, session: Session, data: bytes | bytearray) -> bool:
         """Process bytes read from the client; return False once reading must stop."""
         connection = session.connection
-        connection.heard(trio.current_time())
+        now = trio.current_time()
+        connection.heard(now)
         frames = self._frames
         if not frames.done:
             fed = frames.feed(bytes(data))
@@ -294,9 +295,14 @@ class Reader:
                     return False
                 if frame.opcode <= OP_BINARY:
                     await self._receive_message(session, frame.payload)
+                    now = trio.current_time()  # handing it to a room may have waited
                     continue
                 assert isinstance(frame.payload, bytes)  # only text frames are decoded
-                if not await self._receive_control(session, frame.payload, frame.opcode):
+                ping = frame.payload if frame.opcode == OP_PING else None
+                control = connection.receive_control(now, ping=ping)
+                if control is not None:
+                    await self._carry_out(session, control)
+                if connection.close_code is not None:
                     return False
             if fed.too_big is not None:
                 too_big = connection.frame_part(fed.too_big, finished=True)
@@ -322,8 +328,11 @@ class Reader:
                 if event.message_finished:
                     await self._receive_message(session, self._take_payload())
             elif isinstance(event, Ping | Pong):
-                opcode = OP_PING if isinstance(event, Ping) else OP_PONG
-                if not await self._receive_control(session, bytes(event.payload), opcode):
+                ping = bytes(event.payload) if isinstance(event, Ping) else None
+                control = connection.receive_control(trio.current_time(), ping=ping)
+                if control is not None:
+                    await self._carry_out(session, control)
+                if connection.close_code is not None:
                     return False
             elif isinstance(event, CloseConnection):
                 self.peer_close = event
@@ -344,15 +353,6 @@ class Reader:
         )
         for action in actions:
             await self._carry_out(session, action)
-
-    async def _receive_control(self, session: Session, payload: bytes, opcode: int) -> bool:
-        """Apply a client ping or pong; return False once reading must stop."""
-        connection = session.connection
-        ping = payload if opcode == OP_PING else None
-        control = connection.receive_control(trio.current_time(), ping=ping)
-        if control is not None:
-            await self._carry_out(session, control)
-        return connection.close_code is None
 
     def _take_payload(self) -> str | bytes:
         parts, self._parts = self._parts, []
