@@ -33,12 +33,15 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import trio
 
-from bench.measure import raise_open_file_limit
+from bench.measure import machine, raise_open_file_limit, versions
 
+# Each run's figures, with the machine and versions (`--no-write` skips it).
+RESULT = Path(__file__).parent / "results" / "floor.json"
 ROOM_SIZE = 10
 # A masked text frame of 200 bytes, like the chat mix's messages.
 MESSAGE = b"\x81\xfe\x00\xc4" + b"\x01\x02\x03\x04" + bytes(196)
@@ -198,12 +201,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--connections", type=int, default=0)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--no-write", action="store_true", help=f"do not write {RESULT.name}")
     args = parser.parse_args(argv)
     raise_open_file_limit()
     if args.serve:
         figures = trio.run(serve, args.serve, args.port, args.connections, args.seconds)
         print(json.dumps(figures), flush=True)
         return 0
+    results = []
     for kind in args.kinds:
         connections = args.connections or (2000 if kind == "relay" else 3000)
         with socket.socket() as probe:  # a free loopback port for the child
@@ -215,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
             f" {args.seconds:g} s: {figures['us_per_event']} us of server CPU per"
             f" {figures['per']} ({figures['system_us_per_event']} us of it in the kernel)"
         )
+        results.append(figures)
+    if not args.no_write:
+        document = {"machine": machine(), "versions": versions(), "results": results}
+        RESULT.write_text(json.dumps(document, indent=2) + "\n")
     return 0
 
 
