@@ -291,8 +291,10 @@ class Reader:
         if not frames.done:
             fed = frames.feed(bytes(data))
             for count, frame in enumerate(fed.frames, 1):
-                if count % YIELD_EVERY == 0 and not await self._yield(connection):
-                    return False
+                if count % YIELD_EVERY == 0:
+                    if not await self._yield(connection):
+                        return False
+                    now = trio.current_time()
                 if frame.opcode <= OP_BINARY:
                     await self._receive_message(session, frame.payload)
                     now = trio.current_time()  # handing it to a room may have waited
