@@ -53,6 +53,42 @@ async def test_an_emptied_room_holds_no_task_and_a_join_wakes_it_where_it_was(
             assert (await bob.recv_type("newMessage"))["seq"] == 4
 
 
+@attrs.define
+class SlowCommits(MemoryRoomStore):
+    """A memory store whose commits wait for `gate` while one is set: a slow disk."""
+
+    gate: trio.Event | None = None
+
+    async def commit(self, batch: Any) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
+        await super().commit(batch)
+
+
+async def test_a_join_that_comes_while_the_emptied_room_is_made_durable_is_served(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The last leave's commit is slow; a join queued meanwhile gets joinSuccess, not notFound."""
+    with trio.fail_after(60):
+        store = SlowCommits()
+        async with running_server(store=store) as h:
+            room, (alice,) = await h.open_room("alice")
+            bob = await h.login("bob")
+            store.gate = gate = trio.Event()
+            await alice.send({"type": "leaveChatroom", "roomId": room})
+            await trio.sleep(1)  # the room is empty and waits for its commit
+            assert alice.pending() == []
+            await bob.send({"type": "joinChatroom", "roomId": room})
+            await trio.sleep(1)
+            assert bob.pending() == [] and room in h.registry.live
+            store.gate = None
+            gate.set()
+            assert (await alice.recv())["type"] == "leftChatroom"
+            joined = await bob.recv()
+            assert (joined["type"], joined["roomId"]) == ("joinSuccess", room)
+            assert [member["aid"] for member in joined["members"]] == ["bob"]
+
+
 async def test_twenty_thousand_empty_rooms_expire_on_time_without_a_task_each(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
