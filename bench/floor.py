@@ -13,6 +13,10 @@ floor (README, Performance):
   reads; one ticker task writes a 2-byte ping to every connection once a
   second, in 1/16 s slots (as roomd's timekeeper does), and the client
   answers each ping with a 6-byte pong at once.
+- `heartbeat-reactor`: the same, but with no task per connection: every
+  socket is in one level-triggered epoll set that one task polls and reads
+  from (as the bench's own generator reads). What a different design than
+  roomd's, with the trio wake per pong gone, would start from.
 
 The server runs in a child process and reports its own CPU (user + system)
 over the measured window; the client is plain `select.epoll`, in this process.
@@ -42,6 +46,7 @@ from bench.measure import machine, raise_open_file_limit, versions
 
 # Each run's figures, with the machine and versions (`--no-write` skips it).
 RESULT = Path(__file__).parent / "results" / "floor.json"
+KINDS = ("relay", "heartbeat", "heartbeat-reactor")
 ROOM_SIZE = 10
 # A masked text frame of 200 bytes, like the chat mix's messages.
 MESSAGE = b"\x81\xfe\x00\xc4" + b"\x01\x02\x03\x04" + bytes(196)
@@ -76,6 +81,15 @@ async def _ping_reader(fd: int, counter: list[int]) -> None:
         counter[0] += 1
 
 
+async def _react(poller: select.epoll, counter: list[int]) -> None:
+    """Read every socket of `poller` that has bytes, from this one task, until cancelled."""
+    while True:
+        await trio.lowlevel.wait_readable(poller.fileno())
+        for fd, _ in poller.poll(0):
+            if os.read(fd, 65536):
+                counter[0] += 1
+
+
 async def _ping_all(conns: list[trio.socket.SocketType], until: float) -> int:
     """Ping every connection once a second, a sixteenth of them per slot; return pings sent."""
     start = trio.current_time()
@@ -100,7 +114,10 @@ async def serve(kind: str, port: int, connections: int, seconds: float) -> dict[
     print("listening", flush=True)
     conns: list[trio.socket.SocketType] = []
     counter = [0]
+    poller = select.epoll()
     async with trio.open_nursery() as nursery:
+        if kind == "heartbeat-reactor":
+            nursery.start_soon(_react, poller, counter)
         while len(conns) < connections:
             conn, _ = await listener.accept()
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -110,6 +127,8 @@ async def serve(kind: str, port: int, connections: int, seconds: float) -> dict[
                     room: list[int] = []
                 room.append(conn.fileno())
                 nursery.start_soon(_relay_reader, conn.fileno(), room, counter)
+            elif kind == "heartbeat-reactor":
+                poller.register(conn.fileno(), select.EPOLLIN)
             else:
                 nursery.start_soon(_ping_reader, conn.fileno(), counter)
         if kind == "relay":
@@ -124,6 +143,7 @@ async def serve(kind: str, port: int, connections: int, seconds: float) -> dict[
             await trio.sleep(0.5)  # the last slot's pongs
             after = _cpu()
         nursery.cancel_scope.cancel()
+    poller.close()
     user, system = after[0] - before[0], after[1] - before[1]
     return {"events": events, "user_s": round(user, 3), "system_s": round(system, 3)}
 
@@ -161,7 +181,7 @@ def drive(kind: str, conns: list[socket.socket], server: subprocess.Popen[str]) 
                 return
             if not data:
                 poller.unregister(fd)
-            elif kind == "heartbeat":
+            elif kind != "relay":
                 os.write(fd, PONG * data.count(PING))
 
 
@@ -196,20 +216,23 @@ def run(kind: str, connections: int, seconds: float, port: int) -> dict[str, Any
 def main(argv: list[str] | None = None) -> int:
     """Run the relay and heartbeat floors (or serve one, as the child); print the figures."""
     parser = argparse.ArgumentParser(prog="python -m bench floor", description=__doc__)
-    parser.add_argument("kinds", nargs="*", default=["relay", "heartbeat"])
-    parser.add_argument("--serve", choices=["relay", "heartbeat"], help=argparse.SUPPRESS)
+    parser.add_argument("kinds", nargs="*", help=f"any of {', '.join(KINDS)} (default: all)")
+    parser.add_argument("--serve", choices=KINDS, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--connections", type=int, default=0)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--no-write", action="store_true", help=f"do not write {RESULT.name}")
     args = parser.parse_args(argv)
+    unknown = set(args.kinds) - set(KINDS)
+    if unknown:
+        parser.error(f"unknown floor: {', '.join(sorted(unknown))}")
     raise_open_file_limit()
     if args.serve:
         figures = trio.run(serve, args.serve, args.port, args.connections, args.seconds)
         print(json.dumps(figures), flush=True)
         return 0
     results = []
-    for kind in args.kinds:
+    for kind in args.kinds or KINDS:
         connections = args.connections or (2000 if kind == "relay" else 3000)
         with socket.socket() as probe:  # a free loopback port for the child
             probe.bind(("127.0.0.1", 0))
