@@ -966,6 +966,8 @@ def test_with_history_on_the_next_seq_after_a_restart_is_exactly_last_plus_one()
     back.join("a1", "alice", None, T0)
     [(_, success)] = sent(back.join("a2", "alice", None, T0))
     assert success["lastSeq"] == 5 and success["epoch"] == EPOCH
+    [(_, event)] = sent(back.handle("a1", m.SendMessage(room_id=R, ciphertext=b"x"), T0))
+    assert event["seq"] == 6
 
 
 def test_with_history_off_seqs_are_reserved_in_blocks_and_skip_after_a_crash() -> None:
