@@ -9,7 +9,7 @@ run *ARGS: _venv
     {{venv}}/bin/roomd serve --host 127.0.0.1 --port 8765 --data-dir ./roomd-data {{ARGS}}
 
 # Lint, type-check, check the import contract and run the whole test suite.
-test *ARGS: _venv
+test *ARGS: _venv _redis
     {{py}} -m pip install -q -e '.[test]'
     {{venv}}/bin/ruff format --check roomd tests bench
     {{venv}}/bin/ruff check roomd tests bench
@@ -29,3 +29,7 @@ bench *ARGS: _venv
 
 _venv:
     test -x {{py}} || python3 -m venv {{venv}}
+
+# The cluster tests start Debian's redis-server (installed here when missing).
+_redis:
+    command -v redis-server >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server)
