@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import attrs
 import coredis
 import trio
 
@@ -142,3 +143,74 @@ async def test_the_stream_keeps_the_newest_history_size_messages(redis_port: int
             ]
             assert await redis.xlen(stream_key("r2")) == 0
             assert await redis.hget(room_key("r2"), "seq") == b"8"
+
+
+@attrs.define
+class RawSubscriber:
+    """A sharded pub/sub subscriber speaking RESP over a plain socket, as a node's would."""
+
+    stream: trio.SocketStream
+    buffer: bytearray = attrs.field(factory=bytearray)
+
+    async def _line(self) -> bytes:
+        while b"\r\n" not in self.buffer:
+            self.buffer += await self.stream.receive_some(4096)
+        line, _, rest = bytes(self.buffer).partition(b"\r\n")
+        self.buffer = bytearray(rest)
+        return line
+
+    async def _exactly(self, size: int) -> bytes:
+        while len(self.buffer) < size + 2:
+            self.buffer += await self.stream.receive_some(4096)
+        data = bytes(self.buffer[:size])
+        del self.buffer[: size + 2]
+        return data
+
+    async def reply(self) -> list[bytes | int]:
+        """Read one array reply (a push): its bulk strings and integers."""
+        header = await self._line()
+        assert header.startswith(b"*"), header
+        items: list[bytes | int] = []
+        for _ in range(int(header[1:])):
+            line = await self._line()
+            if line.startswith(b"$"):
+                items.append(await self._exactly(int(line[1:])))
+            else:
+                items.append(int(line[1:]))
+        return items
+
+
+async def test_subscribers_of_the_room_s_channel_get_every_event_in_number_order(
+    redis_port: int,
+) -> None:
+    """SSUBSCRIBE on the room's channel: each event once, as `<event> <seq> <kind> <payload>`."""
+    with trio.fail_after(10):
+        stream = await trio.open_tcp_stream("127.0.0.1", redis_port)
+        async with stream, client(redis_port) as redis:
+            subscriber = RawSubscriber(stream)
+            channel = room_key(ROOM).encode()
+            await stream.send_all(b"SSUBSCRIBE " + channel + b"\r\n")
+            assert await subscriber.reply() == [b"ssubscribe", channel, 1]
+            events = RoomEvents(redis)
+            await events.load()
+            kinds = ("message", "typing", "message")
+            for i, kind in enumerate(kinds):
+                await events.publish(
+                    ROOM, f"op-{i}", deadline_ms=FAR, history_size=10, kind=kind, payload=b"p q"
+                )
+            await events.publish(
+                ROOM, "op-0", deadline_ms=FAR, history_size=10, kind="message", payload=b"p q"
+            )  # asked again: not published again
+            await events.publish(
+                "r2", "op-9", deadline_ms=FAR, history_size=10, kind="message", payload=b"other"
+            )
+            await events.publish(  # what comes next shows nothing came in between
+                ROOM, "op-3", deadline_ms=FAR, history_size=10, kind="typing", payload=b"end"
+            )
+            got = [await subscriber.reply() for _ in range(4)]
+            assert got == [
+                [b"smessage", channel, b"1 1 message p q"],
+                [b"smessage", channel, b"2 0 typing p q"],
+                [b"smessage", channel, b"3 2 message p q"],
+                [b"smessage", channel, b"4 0 typing end"],
+            ]
