@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import attrs
 import coredis
@@ -17,6 +19,15 @@ FAR = 2**50  # a deadline no test reaches
 def client(port: int) -> coredis.Redis[bytes]:
     """Return a client of the test's redis-server (one per simulated node)."""
     return coredis.Redis(host="127.0.0.1", port=port)
+
+
+@asynccontextmanager
+async def loaded(port: int) -> AsyncIterator[tuple[coredis.Redis[bytes], RoomEvents]]:
+    """Yield a client of the test's redis-server and its RoomEvents, the library loaded."""
+    async with client(port) as redis:
+        events = RoomEvents(redis)
+        await events.load()
+        yield redis, events
 
 
 async def redis_ms(redis: coredis.Redis[bytes]) -> int:
@@ -65,9 +76,7 @@ async def test_racing_senders_on_three_nodes_get_one_contiguous_seq_order(
 async def test_an_operation_asked_twice_is_applied_once(redis_port: int) -> None:
     """A node that lost Redis's reply asks again with the same op id: same answer, one append."""
     with trio.fail_after(10):
-        async with client(redis_port) as redis:
-            events = RoomEvents(redis)
-            await events.load()
+        async with loaded(redis_port) as (redis, events):
             first, again = [
                 await events.publish(
                     ROOM, "op-1", deadline_ms=FAR, history_size=10, kind="message", payload=b"x"
@@ -84,9 +93,7 @@ async def test_an_operation_past_its_deadline_on_redis_s_clock_is_not_applied(
 ) -> None:
     """An operation its node already answered `unavailable` never applies later."""
     with trio.fail_after(10):
-        async with client(redis_port) as redis:
-            events = RoomEvents(redis)
-            await events.load()
+        async with loaded(redis_port) as (redis, events):
             gone = await redis_ms(redis) - 1_000
             late = await events.publish(
                 ROOM, "op-1", deadline_ms=gone, history_size=10, kind="message", payload=b"x"
@@ -105,9 +112,7 @@ async def test_every_event_is_numbered_and_only_messages_get_a_seq_and_history(
 ) -> None:
     """Typing and reactions take an event number (gap detection), not a seq or a stream entry."""
     with trio.fail_after(10):
-        async with client(redis_port) as redis:
-            events = RoomEvents(redis)
-            await events.load()
+        async with loaded(redis_port) as (redis, events):
             replies = [
                 await events.publish(
                     ROOM, f"op-{i}", deadline_ms=FAR, history_size=10, kind=kind, payload=b"p"
@@ -127,9 +132,7 @@ async def test_every_event_is_numbered_and_only_messages_get_a_seq_and_history(
 async def test_the_stream_keeps_the_newest_history_size_messages(redis_port: int) -> None:
     """With history_size 5, eight messages leave seqs 4..8 in the stream; with 0, none."""
     with trio.fail_after(10):
-        async with client(redis_port) as redis:
-            events = RoomEvents(redis)
-            await events.load()
+        async with loaded(redis_port) as (redis, events):
             for seq in range(1, 9):
                 await events.publish(
                     ROOM, f"op-{seq}", deadline_ms=FAR, history_size=5, kind="message", payload=b"m"
@@ -186,13 +189,11 @@ async def test_subscribers_of_the_room_s_channel_get_every_event_in_number_order
     """SSUBSCRIBE on the room's channel: each event once, as `<event> <seq> <kind> <payload>`."""
     with trio.fail_after(10):
         stream = await trio.open_tcp_stream("127.0.0.1", redis_port)
-        async with stream, client(redis_port) as redis:
+        async with stream, loaded(redis_port) as (_, events):
             subscriber = RawSubscriber(stream)
             channel = room_key(ROOM).encode()
             await stream.send_all(b"SSUBSCRIBE " + channel + b"\r\n")
             assert await subscriber.reply() == [b"ssubscribe", channel, 1]
-            events = RoomEvents(redis)
-            await events.load()
             kinds = ("message", "typing", "message")
             for i, kind in enumerate(kinds):
                 await events.publish(
