@@ -258,8 +258,7 @@ async def _act_all(
                 continue
             frame = _next_action(run, actor, sent[actor.room])
             try:
-                if not client.send_now(frame):
-                    trio.lowlevel.spawn_system_task(client.send_bytes, frame)
+                client.send_soon(frame)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 continue
             if when + 1 / rate < end:
