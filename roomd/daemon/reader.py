@@ -301,10 +301,7 @@ class Reader:
                     continue
                 assert isinstance(frame.payload, bytes)  # only text frames are decoded
                 ping = frame.payload if frame.opcode == OP_PING else None
-                control = connection.receive_control(now, ping=ping)
-                if control is not None:
-                    await self._carry_out(session, control)
-                if connection.close_code is not None:
+                if not await self._receive_control(session, ping, now):
                     return False
             if fed.too_big is not None:
                 too_big = connection.frame_part(fed.too_big, finished=True)
@@ -331,10 +328,7 @@ class Reader:
                     await self._receive_message(session, self._take_payload())
             elif isinstance(event, Ping | Pong):
                 ping = bytes(event.payload) if isinstance(event, Ping) else None
-                control = connection.receive_control(trio.current_time(), ping=ping)
-                if control is not None:
-                    await self._carry_out(session, control)
-                if connection.close_code is not None:
+                if not await self._receive_control(session, ping, trio.current_time()):
                     return False
             elif isinstance(event, CloseConnection):
                 self.peer_close = event
@@ -355,6 +349,14 @@ class Reader:
         )
         for action in actions:
             await self._carry_out(session, action)
+
+    async def _receive_control(self, session: Session, ping: bytes | None, now: float) -> bool:
+        """Apply a client ping (its payload) or pong (None) at `now`; False: stop reading."""
+        connection = session.connection
+        control = connection.receive_control(now, ping=ping)
+        if control is not None:
+            await self._carry_out(session, control)
+        return connection.close_code is None
 
     def _take_payload(self) -> str | bytes:
         parts, self._parts = self._parts, []
