@@ -10,6 +10,7 @@ import trio.testing
 
 from roomd.daemon.bus import Delete
 from roomd.daemon.room_loop import Join
+from roomd.daemon.session import Session
 
 from ..harness import Client, Harness, running_server
 
@@ -41,6 +42,13 @@ async def test_empty_room_expires_after_room_ttl(autojump_clock: trio.testing.Mo
             bob = await h.login("bob")
             reply = await bob.request({"type": "joinChatroom", "roomId": room, "id": "j"})
             assert (reply["type"], reply["code"], reply["id"]) == ("error", "notFound", "j")
+
+
+async def _alice_s_room_and_bob(h: Harness) -> tuple[str, Client, Client, Session]:
+    """Return alice's new room, alice, and bob logged in (not a member) with his session."""
+    room, (alice,) = await h.open_room("alice")
+    bob = await h.login("bob")
+    return room, alice, bob, h.session_of("bob")
 
 
 async def _emptied_nearly_ttl_ago(h: Harness) -> tuple[str, Client]:
@@ -98,9 +106,7 @@ async def test_a_join_queued_behind_the_room_s_deletion_is_answered_not_found(
     """A join still in the inbox when the room is deleted gets notFound with its id, not silence."""
     with trio.fail_after(30):
         async with running_server() as h:
-            room, (alice,) = await h.open_room("alice")
-            bob = await h.login("bob")
-            session = h.session_of("bob")
+            room, alice, bob, session = await _alice_s_room_and_bob(h)
             handle = h.registry.live[room]
             session.connection.joining[room] += 1  # as the reader counts a join it hands on
             # Both queued in one turn: the loop applies the deletion first, then stops.
@@ -121,9 +127,7 @@ async def test_a_join_arriving_after_its_connection_closed_is_not_applied(
     """A join still queued when its connection went (and left) leaves no ghost member."""
     with trio.fail_after(30):
         async with running_server() as h:
-            room, (alice,) = await h.open_room("alice")
-            bob = await h.login("bob")
-            session = h.session_of("bob")
+            room, alice, bob, session = await _alice_s_room_and_bob(h)
             await bob.abort()
             await trio.testing.wait_all_tasks_blocked()
             assert session.close_code is not None  # gone, and its leaves already sent
