@@ -9,7 +9,6 @@ is in history before any member receives it, a room pays no task switch to
 make it durable, and while one batch commits the next one gathers. A room that
 must read the store next (recovery, paging) or is about to go dormant waits
 for its submission with `durable`.
-
 """
 
 from __future__ import annotations
