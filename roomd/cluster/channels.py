@@ -1,0 +1,57 @@
+"""Room channels: one sharded pub/sub subscription per room a node has members in.
+
+Redis 7's sharded pub/sub (`SSUBSCRIBE`, `SPUBLISH`) works on a single Redis
+too, and a channel's messages go only to the nodes subscribed to it, so a
+node receives a room's traffic only while it has members there (CLUSTER.md
+guarantee 9). coredis 6.9 offers sharded pub/sub only on its cluster client;
+`ShardedPubSub` is its standalone `PubSub` speaking the sharded commands,
+which Redis answers with the same replies (`ssubscribe`, `smessage`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from anyio import Event
+from coredis.commands.constants import CommandName
+from coredis.patterns.pubsub import PubSub
+from coredis.typing import StringT
+
+
+class ShardedPubSub(PubSub[Any]):
+    """A standalone coredis `PubSub` whose channels are sharded ones."""
+
+    async def subscribe(self, *channels: StringT, **handlers: Any) -> None:
+        """Subscribe to `channels` (`SSUBSCRIBE`); return once Redis confirmed each."""
+        names = [self._encode(channel) for channel in channels]
+        waiters = {name: self._waiter(name) for name in names}
+        for name in names:
+            self._execute_command(CommandName.SSUBSCRIBE, name)
+        await self._ensure_subscribed(waiters)
+        self.channels.update(dict.fromkeys(names))
+
+    async def unsubscribe(self, *channels: StringT) -> None:
+        """Unsubscribe from `channels` (`SUNSUBSCRIBE`); all of them when none are named."""
+        names = [self._encode(channel) for channel in (channels or list(self.channels))]
+        if not names:
+            return
+        waiters = {name: self._unwaiter(name) for name in names}
+        self._unsubscribe(*names)
+        await self._ensure_unsubscribed(waiters)
+
+    def _unsubscribe(self, *channels: StringT) -> None:
+        for name in channels or list(self.channels):
+            self._execute_command(CommandName.SUNSUBSCRIBE, name)
+
+    def _punsubscribe(self, *patterns: StringT) -> None:
+        return  # a sharded subscriber has no patterns
+
+    def _waiter(self, name: StringT) -> Event:
+        event = Event()
+        self._subscription_waiters[name].append(event)
+        return event
+
+    def _unwaiter(self, name: StringT) -> Event:
+        event = Event()
+        self._unsubscription_waiters[name].append(event)
+        return event
