@@ -61,6 +61,9 @@ async def serve(config: Config) -> None:
             print(f"listening {scheme}://{host}:{bound.port}/v1", flush=True)
             if bound.api_url is not None:
                 print(f"api {bound.api_url}", flush=True)
+            if config.cluster:
+                node_id = node.server.node_id
+                print(f"node {node_id} cluster {len(config.cluster)} redis", flush=True)
 
             async def stop_on_signal() -> None:
                 async for signum in signals:

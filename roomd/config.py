@@ -54,6 +54,11 @@ class Config:
     recovery_limit: int = 500
     # How long shutdown waits for clients to answer close 1001 before it hangs up.
     close_timeout: float = 2.0
+    # Redis URLs of the cluster (CLUSTER.md); none: this node runs alone.
+    cluster: tuple[str, ...] = ()
+    # This node's name in a cluster; empty: a random one, chosen at start.
+    node_id: str = ""
+    cluster_timeout: float = 2.0
 
     @property
     def tls(self) -> bool:
@@ -116,6 +121,8 @@ SETTINGS: tuple[tuple[str, type, str], ...] = (
     ("history_size", int, "newest messages kept per room (0 = history off)"),
     ("history_ttl", float, "seconds a message stays in history (0 = no age limit)"),
     ("recovery_limit", int, "most missed messages a join with 'since' replays"),
+    ("node_id", str, "this node's name in a cluster (default: random, printed at start)"),
+    ("cluster_timeout", float, "seconds a room operation waits for Redis before 'unavailable'"),
 )
 STORES = ("sqlite", "memory")
 # (flag name, variable, help) of the repeatable flags; the variable is comma-separated.
@@ -126,6 +133,7 @@ REPEATABLE: tuple[tuple[str, str, str], ...] = (
         "CIDR of a reverse proxy whose X-Forwarded-For is believed",
     ),
     ("allowed_origin", "ROOMD_ALLOWED_ORIGINS", "an Origin allowed to connect (none given: any)"),
+    ("cluster", "ROOMD_CLUSTER", "redis://HOST:PORT/DB of the cluster's Redis: run as a node"),
 )
 
 
@@ -179,6 +187,7 @@ def from_sources(args: argparse.Namespace, env: Mapping[str, str] = os.environ) 
     except ValueError as exc:
         raise ConfigError(f"bad --trusted-proxy: {exc}") from None
     values["allowed_origins"] = frozenset(origins)
+    values["cluster"] = tuple(_list(getattr(args, "cluster", None), env.get("ROOMD_CLUSTER")))
     no_api = getattr(args, "no_api", None)
     if no_api is None:
         no_api = env.get("ROOMD_NO_API", "").lower() in ("1", "true", "yes")
@@ -197,6 +206,7 @@ def _list(flags: Sequence[str] | None, variable: str | None) -> list[str]:
 def validate(config: Config) -> None:
     """Raise `ConfigError` naming the first setting that is out of range."""
     positive = (
+        "cluster_timeout",
         "rate",
         "burst",
         "handshake_timeout",
@@ -226,6 +236,13 @@ def validate(config: Config) -> None:
         raise ConfigError("--port must be within 0..65535")
     if not 0 <= config.api_port <= 65535:
         raise ConfigError("--api-port must be within 0..65535")
+    if len(config.cluster) > 1:
+        raise ConfigError(
+            "--cluster names one Redis: spreading rooms over several is not built yet"
+        )
+    for url in config.cluster:
+        if not url.startswith(("redis://", "rediss://")):
+            raise ConfigError(f"--cluster takes a redis:// URL, not {url!r}")
     if config.store not in STORES:
         raise ConfigError(f"--store must be one of {', '.join(STORES)}")
     if (config.tls_cert is None) != (config.tls_key is None):

@@ -37,6 +37,8 @@ class CloseCode(enum.IntEnum):
     INVALID_PAYLOAD = 1007
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
+    # A cluster node that may have missed room events, or was cut off from Redis.
+    SERVICE_RESTART = 1012
     AUTH_TIMEOUT = 4001
     HEARTBEAT_TIMEOUT = 4002
     SLOW_CONSUMER = 4003

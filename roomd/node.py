@@ -16,18 +16,22 @@ node ends when the server has.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import secrets
+from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
 
 import attrs
+import coredis
 import trio
 
 from roomd.api.app import build_app
 from roomd.api.http import serve_api
 from roomd.config import Config
 from roomd.daemon.server import Running, Server
-from roomd.datadir import load_api_key, load_token_secret
+from roomd.datadir import API_KEY_ENV, SECRET_ENV, load_api_key, load_token_secret
+from roomd.errors import ConfigError
 from roomd.store import RoomStore
 from roomd.store.memory import MemoryRoomStore
 from roomd.store.sqlite import SqliteRoomStore
@@ -58,14 +62,39 @@ class Node:
     api_key: str | None
 
     @classmethod
-    def from_config(cls, config: Config) -> Node:
-        """Return the node of `config`: secrets and store from the data dir and environment."""
+    def from_config(cls, config: Config, env: Mapping[str, str] = os.environ) -> Node:
+        """Return the node of `config`: secrets and store from the data dir and environment.
+
+        A cluster node takes its secrets from `env` only (every node needs the
+        same ones) and raises `ConfigError` saying so when they are missing.
+        """
+        if config.cluster:
+            return cls._cluster_node(config, env)
         server = Server(
             config=config,
             token_secret=load_token_secret(config.data_dir),
             store=open_store(config.store, config.data_dir),
         )
         return cls(server, load_api_key(config.data_dir) if config.api else None)
+
+    @classmethod
+    def _cluster_node(cls, config: Config, env: Mapping[str, str]) -> Node:
+        needed = [SECRET_ENV] + ([API_KEY_ENV] if config.api else [])
+        missing = [name for name in needed if not env.get(name)]
+        if missing:
+            raise ConfigError(
+                f"a cluster node needs {' and '.join(missing)} in its environment: every node"
+                " must share the token secret and API key, so none is read from or generated"
+                " in the data dir"
+            )
+        server = Server(
+            config=config,
+            token_secret=env[SECRET_ENV],
+            store=MemoryRoomStore(),  # Redis holds the rooms
+            redis=coredis.Redis.from_url(config.cluster[0]),
+            node_id=config.node_id or secrets.token_hex(4),
+        )
+        return cls(server, env[API_KEY_ENV] if config.api else None)
 
     def shutdown(self) -> None:
         """Begin the graceful shutdown; `run` returns once it is done."""

@@ -71,7 +71,12 @@ class RoomdProcess:
 
     @classmethod
     def start(
-        cls, data_dir: Path, *args: str, secret: str | None = SECRET, log_name: str = "roomd"
+        cls,
+        data_dir: Path,
+        *args: str,
+        secret: str | None = SECRET,
+        log_name: str = "roomd",
+        env: dict[str, str] | None = None,
     ) -> RoomdProcess:
         """Start roomd with `args` and return once it prints its `listening` line.
 
@@ -87,7 +92,7 @@ class RoomdProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=stderr,
-                env=clean_env(secret),
+                env={**clean_env(secret), **(env or {})},
             )
         lines: queue.Queue[str | None] = queue.Queue()
 
@@ -154,11 +159,14 @@ def roomd_processes(tmp_path: Path) -> Iterator[Callable[..., RoomdProcess]]:
     started: list[RoomdProcess] = []
 
     def start(
-        *args: str, secret: str | None = SECRET, data_dir: Path | None = None
+        *args: str,
+        secret: str | None = SECRET,
+        data_dir: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> RoomdProcess:
         data_dir = data_dir or tmp_path
         process = RoomdProcess.start(
-            data_dir, *args, secret=secret, log_name=f"roomd-{len(started)}"
+            data_dir, *args, secret=secret, log_name=f"roomd-{len(started)}", env=env
         )
         started.append(process)
         return process

@@ -261,7 +261,7 @@ def build_app(
     async def list_rooms(request: Request) -> Response:
         limit = _query_int(request, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
         after = request.query_params.get("after", "")
-        ids = [room_id for room_id in rooms.room_ids() if room_id > after]
+        ids = [room_id for room_id in await rooms.room_ids() if room_id > after]
         page = []
         for room_id in ids[:limit]:
             room = await rooms.room(room_id)

@@ -34,6 +34,17 @@ class RoomdCollector(Collector):
         yield _gauge("roomd_connections_open", "Open WebSocket connections.", live.connections)
         yield _gauge("roomd_rooms", "Rooms on this node (with members or dormant).", live.rooms)
         yield _gauge("roomd_members", "AIDs present in rooms, summed over rooms.", live.members)
+        if live.subscriptions is not None:
+            yield _gauge(
+                "roomd_cluster_subscriptions",
+                "Rooms whose channel this node is subscribed to (it has members there).",
+                live.subscriptions,
+            )
+            yield _counter(
+                "roomd_cluster_events_in",
+                "Room events this node received from the cluster's Redis.",
+                stats.cluster_events_in,
+            )
         yield _counter(
             "roomd_messages_in", "Client frames accepted for processing.", stats.frames_in
         )

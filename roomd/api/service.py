@@ -26,7 +26,7 @@ class RoomService(Protocol):
         """Return the room `room_id` (with no members when nobody is in it), or None."""
         ...
 
-    def room_ids(self) -> list[str]:
+    async def room_ids(self) -> list[str]:
         """Return the ids of every room, sorted."""
         ...
 

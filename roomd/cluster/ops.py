@@ -31,6 +31,11 @@ def room_key(room_id: str) -> str:
     return f"roomd:{{{room_id}}}"
 
 
+def stream_key(room_id: str) -> str:
+    """Return the key of room `room_id`'s message stream (its history)."""
+    return f"roomd:{{{room_id}}}:stream"
+
+
 def node_rooms_key(node_id: str) -> str:
     """Return the key of the set of rooms where node `node_id` holds a connection."""
     return f"roomd:node:{node_id}:rooms"
@@ -250,9 +255,10 @@ def read_snapshot(room_id: str, applied: Applied) -> Snapshot:
 
 
 def stored_message(
-    room_id: str, prefix: str, entry_id: object, sender: object, ts: object, body: bytes
+    room_id: str, prefix: str, entry_id: object, sender: object, ts: object, body: object
 ) -> StoredMessage:
     """Return the message a stream entry (`<seq>-0`, sender, ts, body) holds."""
+    assert isinstance(body, bytes), "the client's content is CBOR"
     seq = int(text(entry_id).split("-", 1)[0])
     ciphertext, iv, client_msg_id, key_epoch = unpack(body)
     return StoredMessage(

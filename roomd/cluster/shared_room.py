@@ -70,6 +70,7 @@ class SharedRoom:
     held: list[ops.RoomEvent] = attrs.field(factory=list)
     # The message id prefix and epoch, from the latest snapshot.
     prefix: str = ""
+    epoch: str = ""
     deleted: bool = False
 
     @property
@@ -105,7 +106,7 @@ class SharedRoom:
 
         The join's own effects are among them once its event has come.
         """
-        self.prefix = snapshot.prefix
+        self.prefix, self.epoch = snapshot.prefix, snapshot.epoch
         handle = self.handles.get(conn_id)
         if handle is not None:  # a member joining again: no event, the same reply
             joining = self.joining.pop(conn_id)

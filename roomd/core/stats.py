@@ -18,6 +18,8 @@ class Stats:
     rate_limited: int = 0
     handshakes_rejected: Counter[Rejection] = attrs.field(factory=Counter)
     closes: Counter[int] = attrs.field(factory=Counter)
+    # Room events this node received from the cluster's Redis.
+    cluster_events_in: int = 0
 
 
 @attrs.frozen
@@ -27,3 +29,5 @@ class LiveCounts:
     connections: int
     rooms: int
     members: int
+    # Rooms whose channel this cluster node is subscribed to; None alone.
+    subscriptions: int | None = None

@@ -43,7 +43,7 @@ class RoomControl:
         """Return the room `room_id` (live, or dormant as stored), or None."""
         return await self.registry.read(room_id)
 
-    def room_ids(self) -> list[str]:
+    async def room_ids(self) -> list[str]:
         """Return the ids of every room, sorted."""
         return self.registry.room_ids()
 

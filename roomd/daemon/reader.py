@@ -25,6 +25,7 @@ import contextlib
 import itertools
 import logging
 import os
+import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -52,14 +53,16 @@ from roomd.core.frames import OP_BINARY, OP_PING, ClientFrames
 from roomd.core.refusal import RefusalLog
 from roomd.core.room import room_tag
 from roomd.core.stats import Stats
+from roomd.daemon.cluster_rooms import AnyRoom, ClusterRooms
 from roomd.daemon.handshake import RECEIVE_SIZE, log_refusal, refuse_at_first_bytes, upgrade
 from roomd.daemon.outbox import Flusher, socket_fd
-from roomd.daemon.registry import RoomRegistry
+from roomd.daemon.registry import RoomRegistry, new_epoch, new_room_id
 from roomd.daemon.room_loop import Act, Command, Disconnect, Join
 from roomd.daemon.session import Session, Sessions
 from roomd.daemon.timekeeper import Timekeeper
 from roomd.errors import CloseCode, ProtocolError
 
+ANY_ROOM = AnyRoom()
 log = logging.getLogger("roomd.reader")
 
 # How many WebSocket events of one read the reader handles before it lets others run.
@@ -91,6 +94,8 @@ class ConnectionContext:
     # Keeps every connection's timers: pings and closing deadlines.
     timekeeper: Timekeeper
     conn_ids: itertools.count[int]
+    # With --cluster: the rooms shared through Redis (then `registry` holds none).
+    cluster: ClusterRooms | None = None
 
 
 async def serve_connection(context: ConnectionContext, stream: trio.abc.Stream, peer: str) -> None:
@@ -240,6 +245,9 @@ class Reader:
         Each room gets its own bounded wait, and only when its inbox is full, so
         one busy room cannot keep the others holding a dead member.
         """
+        if self.context.cluster is not None:
+            self.context.cluster.leave_all(session)
+            return
         reason = session.connection.leave_reason
         for room_id in session.connection.member_of:
             handle = self.context.registry.live.get(room_id)
@@ -344,8 +352,10 @@ class Reader:
 
     async def _receive_message(self, session: Session, payload: str | bytes) -> None:
         # The clock read per frame: handing one to a room may have waited.
+        context = self.context
+        room_ids = context.registry if context.cluster is None else ANY_ROOM
         actions = session.connection.receive_frame(
-            payload, trio.current_time(), self.context.wall_ms(), self.context.registry
+            payload, trio.current_time(), context.wall_ms(), room_ids
         )
         for action in actions:
             await self._carry_out(session, action)
@@ -375,19 +385,22 @@ class Reader:
                     log.debug("conn %d error %s", self.conn_id, event["code"])
                 session.send(event)
             case ToRoom(_, msg):
+                if self.context.cluster is not None:
+                    await self.context.cluster.act(session, msg)
+                    return
                 await self._to_room(session, action, Act(session, msg))
             case JoinRoom(_, aid, public_key, request_id, since):
+                if self.context.cluster is not None:
+                    await self.context.cluster.join(session, action)
+                    return
                 join = Join(session, aid, public_key, request_id, since)
                 await self._to_room(session, action, join)
-            case CreateRoom(aid, encrypted_room_key, _, _):
+            case CreateRoom():
                 try:
-                    room = await self.context.registry.create(
-                        host=aid, encrypted_room_key=encrypted_room_key
-                    )
+                    created = await self._create(action)
                 except ProtocolError as exc:
                     await self._carry_out(session, session.connection.room_refused(action, exc))
                     return
-                created = None if room is None else room.room_id
                 await self._carry_out(session, session.connection.room_created(action, created))
             case Authenticated(aid, reply, renewed):
                 self.context.timekeeper.reschedule(session)  # the token's expiry counts now
@@ -398,6 +411,18 @@ class Reader:
                 session.outbox.put(self.ws.send(Pong(payload)))
             case Close(code):
                 session.close(code)
+
+    async def _create(self, action: CreateRoom) -> str | None:
+        """Create the room `action` asks for; return its id (None: the id was taken)."""
+        cluster = self.context.cluster
+        if cluster is not None:
+            room_id = new_room_id()
+            prefix = secrets.token_urlsafe(16)
+            return room_id if await cluster.create(action, room_id, new_epoch(), prefix) else None
+        room = await self.context.registry.create(
+            host=action.aid, encrypted_room_key=action.encrypted_room_key
+        )
+        return None if room is None else room.room_id
 
     async def _to_room(self, session: Session, action: JoinRoom | ToRoom, command: Command) -> None:
         registry = self.context.registry

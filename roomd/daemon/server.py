@@ -27,6 +27,7 @@ tree is cancelled.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import ssl
@@ -36,6 +37,7 @@ from functools import partial
 from pathlib import Path
 
 import attrs
+import coredis
 import trio
 
 from roomd.config import Config
@@ -45,6 +47,8 @@ from roomd.core.quota import RoomQuota
 from roomd.core.refusal import RefusalLog
 from roomd.core.stats import Stats
 from roomd.daemon.bus import BusEvent, EventBus, Kick, LocalEventBus
+from roomd.daemon.cluster_control import ClusterControl
+from roomd.daemon.cluster_rooms import ClusterRooms
 from roomd.daemon.control import RoomControl
 from roomd.daemon.outbox import Flusher
 from roomd.daemon.reader import ConnectionContext, serve_connection
@@ -97,7 +101,7 @@ class Running:
     """A server that listens: its port and the live parts others may read or steer."""
 
     port: int
-    control: RoomControl
+    control: RoomControl | ClusterControl
     registry: RoomRegistry
     sessions: Sessions
     admission: Admission
@@ -114,6 +118,9 @@ class Server:
     # Wall-clock time (ts, createdAt, token checks); tests tie it to the mock clock.
     wall_ms: Callable[[], int] = wall_clock_ms
     stats: Stats = attrs.field(factory=Stats)
+    # With --cluster: the client of the cluster's Redis, and this node's name.
+    redis: coredis.Redis[bytes] | None = None
+    node_id: str = ""
     # Set once the WebSocket drain is over (the server API stops then).
     drained: trio.Event = attrs.field(factory=trio.Event)
     _stopping: trio.Event = attrs.field(factory=trio.Event)
@@ -148,7 +155,10 @@ class Server:
         """
         if listeners is None:
             listeners = await self.open_listeners()
-        async with trio.open_nursery() as server_nursery:
+        async with contextlib.AsyncExitStack() as stack:
+            if self.redis is not None:
+                await stack.enter_async_context(self.redis)
+            server_nursery = await stack.enter_async_context(trio.open_nursery())
             await self._serve(server_nursery, listeners, task_status)
             server_nursery.cancel_scope.cancel()
 
@@ -186,6 +196,10 @@ class Server:
             await server_nursery.start(registry.run_expiry)
             await server_nursery.start(flusher.run)
             await server_nursery.start(self.bus.run, partial(_to_room, registry))
+            cluster = None
+            if self.redis is not None:
+                cluster = ClusterRooms(config, self.redis, self.node_id, self.stats, self.wall_ms)
+                await server_nursery.start(cluster.run)
             async with trio.open_nursery() as connections:
                 context = ConnectionContext(
                     limits=config.connection_limits(),
@@ -203,6 +217,7 @@ class Server:
                     sessions=sessions,
                     timekeeper=timekeeper,
                     conn_ids=itertools.count(1),
+                    cluster=cluster,
                 )
 
                 async def serve_stream(stream: trio.abc.Stream) -> None:
@@ -216,7 +231,11 @@ class Server:
                         handler_nursery=connections,
                     )
                 )
-                control = RoomControl(registry, self.bus, admission, sessions)
+                control: RoomControl | ClusterControl = RoomControl(
+                    registry, self.bus, admission, sessions
+                )
+                if cluster is not None:
+                    control = ClusterControl(cluster, admission, sessions)
                 task_status.started(
                     Running(_bound_port(listeners[0]), control, registry, sessions, admission)
                 )
