@@ -14,6 +14,7 @@ from typing import Any
 
 from anyio import Event
 from coredis.commands.constants import CommandName
+from coredis.exceptions import ConnectionError
 from coredis.patterns.pubsub import PubSub
 from coredis.typing import StringT
 
@@ -36,7 +37,14 @@ class ShardedPubSub(PubSub[Any]):
         if not names:
             return
         waiters = {name: self._unwaiter(name) for name in names}
-        self._unsubscribe(*names)
+        try:
+            self._unsubscribe(*names)
+        except ConnectionError:
+            # No connection, so no subscription: just never subscribe again on reconnect.
+            for name in names:
+                self.channels.pop(name, None)
+                self._unsubscription_waiters.pop(name, None)
+            return
         await self._ensure_unsubscribed(waiters)
 
     def _unsubscribe(self, *channels: StringT) -> None:

@@ -65,6 +65,7 @@ UNBAN = "roomd_unban"
 DELETE = "roomd_delete"
 EXPIRE = "roomd_expire"
 SWEEP = "roomd_sweep"
+RESTORE = "roomd_restore"
 
 LIBRARY = (
     """#!lua name=roomd
@@ -555,6 +556,33 @@ local function sweep(keys, args)
   return swept
 end
 
+-- keys: room; args: host ('' none), has key (0/1), key, key epoch, epoch, prefix, seq.
+-- A room Redis lost, brought back by a node that still serves it: empty, with
+-- a new epoch, numbering on above every seq that node delivered. If another
+-- node brought it back first, only its seq is raised.
+local function restore(keys, args)
+  local room = keys[1]
+  local seq = tonumber(args[7])
+  if redis.call('EXISTS', room) == 1 then
+    if tonumber(redis.call('HGET', room, 'seq')) < seq then
+      redis.call('HSET', room, 'seq', seq)
+    end
+    return {'exists'}
+  end
+  local now = clock_ms()
+  local host = args[1]
+  redis.call('HSET', room, 'host', host, 'keyEpoch', args[4], 'epoch', args[5], 'created', now,
+             'empty', now, 'seq', seq, 'event', 0, 'prefix', args[6], 'joins', 0)
+  if args[2] == '1' then
+    redis.call('HSET', room, 'key', args[3])
+  end
+  hosted_changed(nil, host)
+  redis.call('ZADD', 'roomd:rooms', now, room_id(room))
+  redis.call('ZADD', 'roomd:empty', now, room_id(room))
+  return {'ok', 0}
+end
+
+redis.register_function('roomd_restore', restore)
 redis.register_function('roomd_create', create)
 redis.register_function('roomd_join', join)
 redis.register_function('roomd_leave', leave)

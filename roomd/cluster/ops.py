@@ -36,6 +36,11 @@ def stream_key(room_id: str) -> str:
     return f"roomd:{{{room_id}}}:stream"
 
 
+def node_key(node_id: str) -> str:
+    """Return the key of node `node_id`'s liveness (expires unless the node refreshes it)."""
+    return f"roomd:node:{node_id}"
+
+
 def node_rooms_key(node_id: str) -> str:
     """Return the key of the set of rooms where node `node_id` holds a connection."""
     return f"roomd:node:{node_id}:rooms"
@@ -120,6 +125,22 @@ def create(
     key = encrypted_room_key or b""
     args = (host or "", _flag(encrypted_room_key is not None), key, epoch, prefix)
     return Call(fn.CREATE, room_id, (*op, *args, max_rooms, max_rooms_per_aid, _flag(by_api)))
+
+
+def restore(
+    room_id: str,
+    *,
+    host: str | None,
+    encrypted_room_key: bytes | None,
+    key_epoch: int,
+    epoch: str,
+    prefix: str,
+    seq: int,
+) -> Call:
+    """Return the call that brings back a room Redis lost, empty, with a new `epoch`."""
+    key = encrypted_room_key or b""
+    args = (host or "", _flag(encrypted_room_key is not None), key, key_epoch, epoch, prefix, seq)
+    return Call(fn.RESTORE, room_id, args)
 
 
 def join(

@@ -71,6 +71,12 @@ class SharedRoom:
     # The message id prefix and epoch, from the latest snapshot.
     prefix: str = ""
     epoch: str = ""
+    # What this node last knew of the room's state: enough to restore the room
+    # should Redis lose it (CLUSTER.md guarantee 8).
+    host: str | None = None
+    encrypted_room_key: bytes | None = None
+    key_epoch: int = 0
+    seq: int = 0
     deleted: bool = False
 
     @property
@@ -107,6 +113,8 @@ class SharedRoom:
         The join's own effects are among them once its event has come.
         """
         self.prefix, self.epoch = snapshot.prefix, snapshot.epoch
+        self.host, self.encrypted_room_key = snapshot.host, snapshot.encrypted_room_key
+        self.key_epoch, self.seq = snapshot.key_epoch, max(self.seq, snapshot.seq)
         handle = self.handles.get(conn_id)
         if handle is not None:  # a member joining again: no event, the same reply
             joining = self.joining.pop(conn_id)
@@ -161,6 +169,7 @@ class SharedRoom:
             case ops.Left():
                 return self._left(event)
             case ops.Said(_, seq, aid, ts, body):
+                self.seq = seq
                 message = ops.stored_message(room_id, self.prefix, f"{seq}-0", aid, ts, body)
                 return [Send(everyone, message.event())]
             case ops.Typed(_, aid, is_typing):
@@ -173,8 +182,10 @@ class SharedRoom:
                     Send(self._of(to), ev.signal(room_id, aid, payload)) for to, payload in entries
                 ]
             case ops.KeyUpdated(_, aid, key_epoch, key):
+                self.encrypted_room_key, self.key_epoch = key, key_epoch
                 return [Send(everyone, ev.room_key_updated(room_id, key, aid, key_epoch))]
             case ops.HostMoved(_, aid):
+                self.host = aid
                 return [Send(everyone, ev.host_updated(room_id, aid))]
             case ops.Kicked():
                 return self._kicked(event)
@@ -261,6 +272,8 @@ class SharedRoom:
                 effects.append(Send((handle,), ev.left_chatroom(self.room_id, "left", request_id)))
             effects.append(self._detach(handle))
         everyone = tuple(self.handles.values())
+        if event.new_host is not None:
+            self.host = event.new_host
         if event.gone and everyone:
             effects.append(Send(everyone, ev.user_left(self.room_id, event.aid, event.reason)))
         if event.new_host is not None and everyone:
@@ -274,6 +287,8 @@ class SharedRoom:
             effects.append(Send(kicked, ev.left_chatroom(self.room_id, "kicked")))
         effects.extend(self._detach(handle) for handle in kicked)
         everyone = tuple(self.handles.values())
+        if event.new_host is not None:
+            self.host = event.new_host
         if everyone:
             effects.append(Send(everyone, ev.user_left(self.room_id, event.aid, "kicked")))
             if event.new_host is not None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import secrets
 
 import attrs
-import coredis.exceptions
 import trio
 
 from roomd.cluster import ops
@@ -21,12 +20,10 @@ from roomd.core.admission import Admission
 from roomd.core.event import Event
 from roomd.core.room import Member, Room
 from roomd.core.stats import LiveCounts
-from roomd.daemon.cluster_rooms import ClusterRooms, unavailable
+from roomd.daemon.cluster_rooms import REDIS_FAILED, ClusterRooms, unavailable
 from roomd.daemon.registry import new_epoch, new_room_id
 from roomd.daemon.session import Sessions
 from roomd.errors import ApiError
-
-_REDIS_FAILED = (trio.TooSlowError, coredis.exceptions.RedisError, OSError)
 
 
 def _unavailable() -> ApiError:
@@ -59,7 +56,7 @@ class ClusterControl:
                 order = await redis.zrange(f"{key}:members", 0, -1)
                 keys = await redis.hgetall(f"{key}:pk")
                 bans = await redis.smembers(f"{key}:bans")
-        except _REDIS_FAILED:
+        except REDIS_FAILED:
             raise _unavailable() from None
         config = self.cluster.config
         empty = state.get(b"empty")
@@ -87,7 +84,7 @@ class ClusterControl:
         try:
             with trio.fail_after(self.cluster.config.cluster_timeout):
                 ids = await self.cluster.redis.zrange("roomd:rooms", 0, -1)
-        except _REDIS_FAILED:
+        except REDIS_FAILED:
             raise _unavailable() from None
         return sorted(ops.text(room_id) for room_id in ids)
 
@@ -143,7 +140,7 @@ class ClusterControl:
             return await self.cluster.history_page(
                 room_id, room.epoch, room.message_id_prefix, page
             )
-        except _REDIS_FAILED:
+        except REDIS_FAILED:
             raise _unavailable() from None
 
     async def _call(self, call: ops.Call) -> ops.Reply:

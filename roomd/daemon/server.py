@@ -198,7 +198,9 @@ class Server:
             await server_nursery.start(self.bus.run, partial(_to_room, registry))
             cluster = None
             if self.redis is not None:
-                cluster = ClusterRooms(config, self.redis, self.node_id, self.stats, self.wall_ms)
+                cluster = ClusterRooms(
+                    config, self.redis, self.node_id, self.stats, self.wall_ms, sessions=sessions
+                )
                 await server_nursery.start(cluster.run)
             async with trio.open_nursery() as connections:
                 context = ConnectionContext(

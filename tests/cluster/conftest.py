@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import attrs
 import pytest
 
 
@@ -19,29 +20,53 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-@pytest.fixture
-def redis_port(tmp_path: Path) -> Iterator[int]:
-    """Start redis-server (no persistence) for one test; yield its port, then stop it."""
-    binary = shutil.which("redis-server")
-    assert binary, "redis-server is missing: `just test` installs Debian's redis-server"
-    port = free_port()
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path)]
-    server = subprocess.Popen(
-        [*argv, "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL
-    )
-    try:
+@attrs.define
+class RedisServer:
+    """One redis-server (no persistence) that a test may stop and start again."""
+
+    port: int
+    directory: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start the server; return once it answers PING (within 10 s)."""
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is missing: `just test` installs Debian's redis-server"
+        argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1"]
+        argv += ["--dir", str(self.directory), "--save", "", "--appendonly", "no"]
+        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while True:
             try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
                     conn.sendall(b"PING\r\n")
                     if conn.recv(16).startswith(b"+PONG"):
-                        break
+                        return
             except OSError:
                 pass
             assert time.monotonic() < deadline, "redis-server did not start within 10 s"
             time.sleep(0.05)
-        yield port
+
+    def stop(self) -> None:
+        """Stop the server (its data, held in memory only, is gone)."""
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """Start a redis-server for one test; yield it, then stop it."""
+    server = RedisServer(free_port(), tmp_path)
+    server.start()
+    try:
+        yield server
     finally:
-        server.terminate()
-        server.wait(10)
+        server.stop()
+
+
+@pytest.fixture
+def redis_port(redis_server: RedisServer) -> int:
+    """The port of the test's redis-server."""
+    return redis_server.port

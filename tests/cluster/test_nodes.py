@@ -21,6 +21,7 @@ import orjson
 import pytest
 
 from ..e2e_support import SECRET, RoomdProcess, WsClient, b64, clean_env, roomd_processes
+from .conftest import RedisServer
 
 API_KEY = "cluster-test-api-key-0123456789abcdef"
 Start = Callable[..., RoomdProcess]
@@ -313,3 +314,62 @@ def test_a_cluster_node_refuses_to_start_without_shared_secrets(
     assert done.returncode != 0
     assert b"ROOMD_API_KEY" in done.stderr and b"every node" in done.stderr
     assert not (tmp_path / "api-key").exists()
+
+
+def test_when_a_node_is_killed_its_members_leave_and_the_host_moves(
+    nodes: Callable[..., list[RoomdProcess]],
+) -> None:
+    """kill -9 of bob's node: within 2 x heartbeat_timeout alice sees bob leave and hosts."""
+    timeout = 2.0
+    n0, n1 = nodes(2, "--heartbeat-timeout", str(timeout), "--heartbeat-interval", "1")
+    alice, bob = client(n0, "alice"), client(n1, "bob")
+    room_id = create(alice)
+    join(bob, room_id)
+    alice.send({"type": "transferHost", "roomId": room_id, "to": "bob"})
+    assert alice.recv_type("hostUpdated")["host"] == "bob"
+    killed = time.monotonic()
+    n1.proc.kill()
+    left = alice.recv_type("userLeft", timeout=2 * timeout + 1)
+    took = time.monotonic() - killed
+    assert (left["aid"], left["reason"]) == ("bob", "disconnected")
+    assert took <= 2 * timeout, took
+    assert alice.recv_type("hostUpdated")["host"] == "alice"
+    send(alice, room_id, b"alone now")
+    assert alice.recv_type("newMessage")["seq"] == 1
+
+
+def test_while_redis_is_down_operations_are_refused_and_service_comes_back(
+    nodes: Callable[..., list[RoomdProcess]], redis_server: RedisServer
+) -> None:
+    """Redis stops: `unavailable` with retryAfter, connections kept. It restarts empty:
+    the room is restored with a new epoch, its members rejoin, seq goes on (guarantee 8)."""
+    n0, n1 = nodes(
+        2, "--cluster-timeout", "1", "--heartbeat-timeout", "2", "--heartbeat-interval", "1"
+    )
+    alice, bob = client(n0, "alice"), client(n1, "bob")
+    room_id = create(alice)
+    joined = join(bob, room_id)
+    send(alice, room_id, b"before")
+    assert bob.recv_type("newMessage")["seq"] == 1
+    redis_server.stop()
+    asked = time.monotonic()
+    alice.send({"type": "message", "roomId": room_id, "ciphertext": b64(b"lost?"), "id": 5})
+    refused = alice.recv_type("error")
+    assert (refused["code"], refused["id"]) == ("unavailable", 5)
+    assert refused["retryAfter"] > 0
+    assert time.monotonic() - asked < 1.5
+    redis_server.start()
+    # The nodes notice the empty Redis, restore the room and close their members 1012.
+    for ws in (alice, bob):
+        with pytest.raises(Exception):  # noqa: B017 - websockets' ConnectionClosed
+            while True:
+                ws.recv(timeout=10)
+        assert ws.ws.close_code == 1012
+    alice, bob = client(n0, "alice"), client(n1, "bob")
+    since = {"epoch": joined["epoch"], "seq": 1}
+    back = join(alice, room_id, since=since)
+    assert back["recovered"] is False and back["epoch"] != joined["epoch"]
+    assert back["lastSeq"] >= 1 and back["host"] == "alice"
+    join(bob, room_id, since=since)
+    send(bob, room_id, b"after")
+    assert alice.recv_type("newMessage")["seq"] == back["lastSeq"] + 1
