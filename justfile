@@ -17,6 +17,29 @@ test *ARGS: _venv _redis
     {{venv}}/bin/lint-imports
     {{py}} -m pytest {{ARGS}}
 
+# Try the cluster: a local redis-server and 3 roomd nodes sharing it (ws ports 8771-8773).
+cluster: _venv _redis
+    #!/usr/bin/env bash
+    set -euo pipefail
+    {{py}} -m pip install -q -e .
+    dir=./roomd-cluster
+    mkdir -p "$dir"
+    # Every node must share the token secret and API key: made once, kept in the dir.
+    for name in token-secret api-key; do
+        test -s "$dir/$name" || {{py}} -c 'import secrets; print(secrets.token_urlsafe(32))' > "$dir/$name"
+    done
+    export ROOMD_TOKEN_SECRET="$(cat "$dir/token-secret")" ROOMD_API_KEY="$(cat "$dir/api-key")"
+    trap 'kill $(jobs -p) 2>/dev/null; wait' EXIT
+    redis-server --port 6390 --bind 127.0.0.1 --dir "$dir" --save '' --appendonly yes >"$dir/redis.log" &
+    until redis-cli -p 6390 ping >/dev/null 2>&1; do sleep 0.1; done
+    for i in 1 2 3; do
+        mkdir -p "$dir/node$i"
+        {{venv}}/bin/roomd serve --cluster redis://127.0.0.1:6390/0 --node-id "node$i" \
+            --port "877$i" --api-port "878$i" --data-dir "$dir/node$i" &
+    done
+    echo "redis 127.0.0.1:6390 (AOF in $dir); a token: ROOMD_TOKEN_SECRET=\$(cat $dir/token-secret) {{venv}}/bin/roomd token alice"
+    wait
+
 # Print a token for AID, signed with the data dir's secret.
 token AID: _venv
     {{py}} -m pip install -q -e .

@@ -373,3 +373,24 @@ def test_while_redis_is_down_operations_are_refused_and_service_comes_back(
     join(bob, room_id, since=since)
     send(bob, room_id, b"after")
     assert alice.recv_type("newMessage")["seq"] == back["lastSeq"] + 1
+
+
+def test_an_empty_room_expires_once_whichever_nodes_are_up(
+    nodes: Callable[..., list[RoomdProcess]],
+) -> None:
+    """Empty for room_ttl cluster-wide: deleted once (one node logs it), gone on every node."""
+    n0, n1 = nodes(2, "--room-ttl", "2")
+    alice, bob = client(n0, "alice"), client(n1, "bob")
+    room_id = create(alice)
+    join(bob, room_id)
+    alice.close()
+    time.sleep(2.5)  # real processes: the TTL runs on their clocks
+    assert api(n0, "GET", f"/v1/rooms/{room_id}") == 200  # bob is still in it
+    bob.close()
+    deadline = time.monotonic() + 5
+    while api(n1, "GET", f"/v1/rooms/{room_id}") != 404:
+        assert time.monotonic() < deadline, "the room outlived room_ttl by 3 s"
+        time.sleep(0.1)
+    assert api(n0, "GET", f"/v1/rooms/{room_id}") == 404
+    logs = n0.logs() + n1.logs()
+    assert logs.count("deleted (expired)") == 1
