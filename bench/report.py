@@ -216,13 +216,13 @@ def history_cost(results: list[dict[str, Any]]) -> float | None:
     return float(on) / float(off) - 1
 
 
-def write(directory: Path, document: dict[str, Any]) -> Path:
-    """Write `document` as `<directory>/<UTC timestamp>.json` and `latest.json`."""
+def write(directory: Path, document: dict[str, Any], latest: str = "latest.json") -> Path:
+    """Write `document` as `<directory>/<UTC timestamp>.json` and as `latest`."""
     directory.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     text = json.dumps(document, indent=2, sort_keys=False) + "\n"
     path = directory / f"{stamp}.json"
     path.write_text(text)
-    (directory / "latest.json").write_text(text)
+    (directory / latest).write_text(text)
     print(f"results: {path}", file=sys.stderr)
     return path

@@ -209,12 +209,14 @@ async def _shard(
     run_kwargs: dict[str, Any],
     coord: Coordinator,
 ) -> dict[str, Any]:
+    more_urls = run_kwargs.pop("more_urls", ())
     run = Run(
         name=name,
         target=Target.from_url(url),
         secret=secret,
         coord=coord,
         server_pid=server_pid,
+        more_targets=tuple(Target.from_url(more) for more in more_urls),
         **run_kwargs,
     )
     return await _scenario(name)(run, **settings)
@@ -239,10 +241,23 @@ def _worker(
 
 
 def run_variant(
-    name: str, settings: dict[str, Any], url: str, secret: str, pid: int | None, args: Any
+    name: str,
+    settings: dict[str, Any],
+    url: str,
+    secret: str,
+    pid: int | None,
+    args: Any,
+    *,
+    more_urls: tuple[str, ...] = (),
+    more_pids: tuple[int, ...] = (),
 ) -> dict[str, Any]:
-    """Run one variant with `args.workers` generator processes; return merged figures."""
-    run_kwargs = _run_kwargs(args)
+    """Run one variant with `args.workers` generator processes; return merged figures.
+
+    `more_urls`: further nodes of a cluster, which clients are spread over
+    (round-robin with `url`); `more_pids`: processes whose CPU counts as the
+    server's too (the other nodes, redis-server).
+    """
+    run_kwargs = {**_run_kwargs(args), "more_urls": more_urls, "more_pids": more_pids}
     if args.workers <= 1:
         shards = [trio.run(_shard, name, settings, url, secret, pid, run_kwargs, Coordinator())]
     else:

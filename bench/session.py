@@ -38,6 +38,10 @@ class Run:
     secret: str
     coord: Coordinator = attrs.field(factory=Coordinator)
     server_pid: int | None = None
+    # A cluster: the other nodes (connections go round-robin over all targets) and
+    # the other processes whose CPU counts as the server's (the other nodes, Redis).
+    more_targets: tuple[Target, ...] = ()
+    more_pids: tuple[int, ...] = ()
     size: int = 120
     drain: float = 15.0
     concurrency: int = 100
@@ -72,7 +76,8 @@ class Run:
         Raises `HandshakeError` or `ConnectionError` (counted in the sink's errors).
         """
         try:
-            client = await connect(self.target, self.sink, index)
+            targets = (self.target, *self.more_targets)
+            client = await connect(targets[index % len(targets)], self.sink, index)
         except (HandshakeError, OSError) as exc:
             self.sink.errors[f"connect: {exc}"[:60]] += 1
             raise
@@ -147,7 +152,7 @@ class Window:
         self.messages0 = sink.new_messages
         self.cpu0 = self_cpu_seconds()
         if self.run.coord.leader and self.run.server_pid:
-            self.server_cpu0 = proc_cpu_seconds(self.run.server_pid)
+            self.server_cpu0 = self._server_cpu()
         self.t0 = time.perf_counter()
         self.start_ns = time.time_ns()
         # The set-up's objects (clients, views) are moved out of the collector's
@@ -176,9 +181,13 @@ class Window:
         }
         if self.server_cpu0 is not None and self.run.server_pid:
             pid = self.run.server_pid
-            self.result["server_cpu_s"] = proc_cpu_seconds(pid) - self.server_cpu0
+            self.result["server_cpu_s"] = self._server_cpu() - self.server_cpu0
             self.result["server_rss_bytes"] = proc_rss_bytes(pid)
         return self.result
+
+    def _server_cpu(self) -> float:
+        pids = [pid for pid in (self.run.server_pid, *self.run.more_pids) if pid]
+        return sum(proc_cpu_seconds(pid) for pid in pids)
 
 
 def shard_result(run: Run, window: Window, **extra: Any) -> dict[str, Any]:

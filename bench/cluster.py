@@ -1,0 +1,212 @@
+"""`python -m bench cluster`: what the Redis hop costs, against one node, in one run.
+
+For each load (a paced fan-out and the chat mix, both at about 5,000
+deliveries a second, so that no process is CPU-bound on two cores), it runs
+the load twice with the same generator: against one `roomd serve` alone (its
+embedded store, no `--cluster`), then against two nodes sharing a fresh
+redis-server, with every room's members spread over both nodes. It prints the
+server CPU per delivery (the nodes plus redis-server against the one node),
+redis-server's CPU per function call (`INFO commandstats`), the latency
+percentiles and their difference, and what was lost, duplicated or reordered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from bench.measure import machine, proc_cpu_seconds, raise_open_file_limit, versions
+from bench.run import RESULTS, SERVER_FLAGS, _read_listening, roomd_server, run_variant
+
+# name -> (scenario, settings): each near 5,000 deliveries/s.
+LOADS: dict[str, tuple[str, dict[str, Any]]] = {
+    "fanout-50-paced": (
+        "fanout",
+        {"members": 50, "mode": "paced", "deliveries_per_s": 5000.0, "duration": 10.0},
+    ),
+    "rooms": ("rooms", {"rooms": 60, "size": 10, "rate": 1.0, "duration": 15.0}),
+}
+NODES = 2
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def redis_server() -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """Start a redis-server (no persistence) on a free loopback port; stop it when done."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server is missing (Debian: apt-get install redis-server)")
+    port = _free_port()
+    with tempfile.TemporaryDirectory(prefix="roomd-bench-redis-") as directory:
+        argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", directory]
+        process = subprocess.Popen(
+            [*argv, "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL
+        )
+        try:
+            deadline = time.monotonic() + 10
+            while _redis(port, "PING") != "+PONG":
+                if time.monotonic() > deadline:
+                    raise SystemExit("redis-server did not start within 10 s")
+                time.sleep(0.05)
+            yield process, port
+        finally:
+            process.terminate()
+            process.wait(10)
+
+
+def _redis(port: int, command: str) -> str:
+    """Send one inline command; return the reply's text ('' when Redis is not up)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as conn:
+            conn.sendall(command.encode() + b"\r\n")
+            reply = b""
+            while not reply.endswith(b"\r\n"):
+                reply += conn.recv(65536)
+            if reply.startswith(b"$"):  # a bulk string: read it whole
+                size = int(reply.split(b"\r\n", 1)[0][1:])
+                while len(reply.split(b"\r\n", 1)[1]) < size + 2:
+                    reply += conn.recv(65536)
+                return reply.split(b"\r\n", 1)[1][:size].decode()
+            return reply.decode().strip()
+    except OSError:
+        return ""
+
+
+def fcalls(port: int) -> int:
+    """Return how many FCALLs redis-server has run (`INFO commandstats`)."""
+    for line in _redis(port, "INFO commandstats").splitlines():
+        if line.startswith("cmdstat_fcall:"):
+            return int(line.split("calls=")[1].split(",")[0])
+    return 0
+
+
+@contextmanager
+def cluster_nodes(redis_port: int, secret: str, count: int) -> Iterator[list[tuple[str, int]]]:
+    """Start `count` nodes sharing Redis at `redis_port`; yield their (url, pid)."""
+    with ExitStack() as stack:
+        nodes = []
+        for index in range(count):
+            data_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="roomd-bench-"))
+            argv = [sys.executable, "-m", "roomd", "serve", "--data-dir", data_dir, *SERVER_FLAGS]
+            argv += ["--cluster", f"redis://127.0.0.1:{redis_port}/0", "--node-id", f"b{index}"]
+            env = {**os.environ, "ROOMD_TOKEN_SECRET": secret}
+            stderr = stack.enter_context((Path(data_dir) / "server.log").open("w"))
+            process = subprocess.Popen(
+                argv, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env
+            )
+            stack.callback(_stop, process)
+            nodes.append((_read_listening(process), process.pid))
+        yield nodes
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the command-line parser of `python -m bench cluster`."""
+    parser = argparse.ArgumentParser(prog="python -m bench cluster", description=__doc__)
+    parser.add_argument("--duration", type=float, help="seconds of load of each run")
+    parser.add_argument("--no-write", action="store_true", help="do not write bench/results")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """Run each load on one node, then on two nodes and Redis; print and write the comparison."""
+    args = build_parser().parse_args(argv)
+    raise_open_file_limit()
+    # What run_variant reads of the suite's arguments.
+    suite_args = argparse.Namespace(workers=1, size=120, drain=15.0, concurrency=100)
+    started = time.time()
+    compared = []
+    for name, (_, settings) in LOADS.items():
+        if args.duration is not None:
+            settings = {**settings, "duration": args.duration}
+        print(f"{name} on one node: {settings}", file=sys.stderr, flush=True)
+        with roomd_server([]) as server:
+            single = run_variant(
+                name, settings, server.url, server.secret, server.process.pid, suite_args
+            )
+        print(f"{name} on {NODES} nodes and redis-server", file=sys.stderr, flush=True)
+        secret = secrets.token_urlsafe(32)
+        with redis_server() as (redis, port), cluster_nodes(port, secret, NODES) as nodes:
+            (url, pid), others = nodes[0], nodes[1:]
+            calls0, redis_cpu0 = fcalls(port), proc_cpu_seconds(redis.pid)
+            cluster = run_variant(
+                name,
+                settings,
+                url,
+                secret,
+                pid,
+                suite_args,
+                more_urls=tuple(u for u, _ in others),
+                more_pids=(*(p for _, p in others), redis.pid),
+            )
+            calls, redis_cpu = fcalls(port) - calls0, proc_cpu_seconds(redis.pid) - redis_cpu0
+        cluster["redis_fcalls"] = calls
+        cluster["redis_cpu_s"] = round(redis_cpu, 3)
+        cluster["redis_us_per_fcall"] = round(redis_cpu * 1e6 / calls, 2) if calls else None
+        compared.append({"name": name, "single": single, "cluster": cluster})
+    print()
+    print(table(compared))
+    document = {
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "elapsed_s": round(time.time() - started, 1),
+        "machine": machine(),
+        "versions": versions(),
+        "nodes": NODES,
+        "loads": compared,
+    }
+    if not args.no_write:
+        report.write(RESULTS, document, latest="cluster.json")
+    return 0
+
+
+def table(compared: list[dict[str, Any]]) -> str:
+    """Return the comparison as aligned text: one node against the cluster, per load."""
+    lines = [
+        f"{'load':<16} {'side':<8} {'deliv/s':>8} {'us/deliv':>9} {'util':>6} "
+        f"{'p50 ms':>7} {'p99 ms':>7} {'redis us/call':>13} {'lost/dup/reord':>15}"
+    ]
+    for item in compared:
+        for side in ("single", "cluster"):
+            r = item[side]
+            latency = r["latency_ms"]
+            redis = r.get("redis_us_per_fcall")
+            loss = f"{r['lost']}/{r['duplicated']}/{r['reordered']}"
+            lines.append(
+                f"{item['name']:<16} {side:<8} {r['deliveries_per_s'] or 0:>8.0f} "
+                f"{r['server_us_per_delivery'] or 0:>9.2f} {r['server_cpu_util'] or 0:>6.2f} "
+                f"{latency['p50'] or 0:>7.2f} {latency['p99'] or 0:>7.2f} "
+                f"{'' if redis is None else f'{redis:.1f}':>13} {loss:>15}"
+            )
+        single, cluster = item["single"], item["cluster"]
+        extra_cpu = (cluster["server_us_per_delivery"] or 0) - (
+            single["server_us_per_delivery"] or 0
+        )
+        extra_p50 = (cluster["latency_ms"]["p50"] or 0) - (single["latency_ms"]["p50"] or 0)
+        lines.append(f"{'':<16} {'extra':<8} {'':>8} {extra_cpu:>+9.2f} {'':>6} {extra_p50:>+7.2f}")
+    return "\n".join(lines)
