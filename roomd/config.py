@@ -133,7 +133,12 @@ REPEATABLE: tuple[tuple[str, str, str], ...] = (
         "CIDR of a reverse proxy whose X-Forwarded-For is believed",
     ),
     ("allowed_origin", "ROOMD_ALLOWED_ORIGINS", "an Origin allowed to connect (none given: any)"),
-    ("cluster", "ROOMD_CLUSTER", "redis://HOST:PORT/DB of the cluster's Redis: run as a node"),
+    (
+        "cluster",
+        "ROOMD_CLUSTER",
+        "redis://HOST:PORT/DB of a Redis of the cluster: run as a node (repeat: rooms are"
+        " spread over them; every node needs the same list in the same order)",
+    ),
 )
 
 
@@ -236,10 +241,8 @@ def validate(config: Config) -> None:
         raise ConfigError("--port must be within 0..65535")
     if not 0 <= config.api_port <= 65535:
         raise ConfigError("--api-port must be within 0..65535")
-    if len(config.cluster) > 1:
-        raise ConfigError(
-            "--cluster names one Redis: spreading rooms over several is not built yet"
-        )
+    if len(set(config.cluster)) != len(config.cluster):
+        raise ConfigError("--cluster names the same Redis twice")
     for url in config.cluster:
         if not url.startswith(("redis://", "rediss://")):
             raise ConfigError(f"--cluster takes a redis:// URL, not {url!r}")

@@ -91,7 +91,7 @@ class Node:
             config=config,
             token_secret=env[SECRET_ENV],
             store=MemoryRoomStore(),  # Redis holds the rooms
-            redis=coredis.Redis.from_url(config.cluster[0]),
+            redis=[coredis.Redis.from_url(url) for url in config.cluster],
             node_id=config.node_id or secrets.token_hex(4),
         )
         return cls(server, env[API_KEY_ENV] if config.api else None)

@@ -261,7 +261,8 @@ local function kick_aid(room, aid, now)
 end
 
 -- keys: room; args: deadline, op, host ('' none), has key (0/1), key, epoch,
--- prefix, max_rooms, max_rooms_per_aid, by_api (0/1)
+-- prefix, max_rooms, max_rooms_per_aid, by_api (0/1), rooms elsewhere, hosted
+-- elsewhere (on the cluster's other Redis instances)
 local function create(keys, args)
   local room = keys[1]
   local done = begin(room, args)
@@ -270,12 +271,13 @@ local function create(keys, args)
     return finish(room, args, {'exists'})
   end
   local host, max_rooms, per_aid = args[3], tonumber(args[8]), tonumber(args[9])
-  if max_rooms > 0 and redis.call('ZCARD', 'roomd:rooms') >= max_rooms then
+  local rooms_elsewhere, hosted_elsewhere = tonumber(args[11] or 0), tonumber(args[12] or 0)
+  if max_rooms > 0 and redis.call('ZCARD', 'roomd:rooms') + rooms_elsewhere >= max_rooms then
     return finish(room, args, err(
       'tooManyRooms', 'this server holds its limit of ' .. max_rooms .. ' rooms'))
   end
   if args[10] == '0' and host ~= '' and per_aid > 0 and
-     tonumber(redis.call('HGET', 'roomd:hosted', host) or '0') >= per_aid then
+     tonumber(redis.call('HGET', 'roomd:hosted', host) or '0') + hosted_elsewhere >= per_aid then
     return finish(room, args, err(
       'tooManyRooms', "'" .. host .. "' already hosts " .. per_aid .. ' rooms'))
   end

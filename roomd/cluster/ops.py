@@ -120,11 +120,17 @@ def create(
     max_rooms: int,
     max_rooms_per_aid: int,
     by_api: bool,
+    elsewhere: tuple[int, int] = (0, 0),
 ) -> Call:
-    """Return the call that creates an empty room (refused past the room quotas)."""
+    """Return the call that creates an empty room (refused past the room quotas).
+
+    `elsewhere`: the rooms, and those `host` hosts, on the cluster's other Redis
+    instances, which the quotas count too.
+    """
     key = encrypted_room_key or b""
     args = (host or "", _flag(encrypted_room_key is not None), key, epoch, prefix)
-    return Call(fn.CREATE, room_id, (*op, *args, max_rooms, max_rooms_per_aid, _flag(by_api)))
+    limits = (max_rooms, max_rooms_per_aid, _flag(by_api), *elsewhere)
+    return Call(fn.CREATE, room_id, (*op, *args, *limits))
 
 
 def restore(

@@ -20,7 +20,8 @@ from roomd.core.admission import Admission
 from roomd.core.event import Event
 from roomd.core.room import Member, Room
 from roomd.core.stats import LiveCounts
-from roomd.daemon.cluster_rooms import REDIS_FAILED, ClusterRooms, unavailable
+from roomd.daemon.cluster_rooms import ClusterRooms
+from roomd.daemon.redis_link import REDIS_FAILED, unavailable
 from roomd.daemon.registry import new_epoch, new_room_id
 from roomd.daemon.session import Sessions
 from roomd.errors import ApiError
@@ -46,7 +47,7 @@ class ClusterControl:
 
     async def room(self, room_id: str) -> Room | None:
         """Return room `room_id` as Redis holds it now, or None."""
-        redis = self.cluster.redis
+        redis = self.cluster.link_of(room_id).redis
         key = ops.room_key(room_id)
         try:
             with trio.fail_after(self.cluster.config.cluster_timeout):
@@ -80,20 +81,22 @@ class ClusterControl:
         return room
 
     async def room_ids(self) -> list[str]:
-        """Return the ids of every room of the cluster, sorted."""
+        """Return the ids of every room of the cluster (over every Redis), sorted."""
+        ids: list[str] = []
         try:
             with trio.fail_after(self.cluster.config.cluster_timeout):
-                ids = await self.cluster.redis.zrange("roomd:rooms", 0, -1)
+                for link in self.cluster.links:
+                    ids += [ops.text(raw) for raw in await link.redis.zrange("roomd:rooms", 0, -1)]
         except REDIS_FAILED:
             raise _unavailable() from None
-        return sorted(ops.text(room_id) for room_id in ids)
+        return sorted(ids)
 
     def live_counts(self) -> LiveCounts:
         """Return this node's open connections, rooms it has members in, AIDs, subscriptions."""
         rooms = self.cluster.rooms.values()
         members = sum(len(set(room.aids.values())) for room in rooms)
         return LiveCounts(
-            len(self.sessions.open), len(self.cluster.rooms), members, len(self.cluster.subscribed)
+            len(self.sessions.open), len(self.cluster.rooms), members, self.cluster.subscribed
         )
 
     async def create_room(
@@ -102,6 +105,10 @@ class ClusterControl:
         """Create an empty room; None when `room_id` is taken. Raises past `max_rooms`."""
         config = self.cluster.config
         room_id = room_id or new_room_id()
+        try:
+            elsewhere = await self.cluster.counted_elsewhere(room_id, None)
+        except REDIS_FAILED:
+            raise _unavailable() from None
         call = ops.create(
             room_id,
             self.cluster.op(),
@@ -112,6 +119,7 @@ class ClusterControl:
             max_rooms=config.max_rooms,
             max_rooms_per_aid=config.max_rooms_per_aid,
             by_api=True,
+            elsewhere=elsewhere,
         )
         reply = await self._call(call)
         if isinstance(reply, ops.Exists):

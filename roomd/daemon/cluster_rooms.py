@@ -3,23 +3,20 @@
 With `--cluster`, no room lives in this process. Redis holds every room and
 decides every change in one atomic function call (roomd/cluster/functions.py);
 this node sends its connections' room operations there and delivers the
-rooms' events to its own members:
+rooms' events to its own members (`SharedRoom`, in event-number order):
 
     ClusterRooms.run
     └── cluster nursery
-        ├── sender   : every queued call of one scheduler turn, as one pipeline
-        ├── listener : the sharded subscription; each room event to its SharedRoom
-        ├── reaper   : unsubscribes from rooms this node no longer has members in
-        ├── expiry   : asks Redis, now and then, to delete rooms empty for room_ttl
-        ├── liveness : refreshes this node's key (TTL heartbeat_timeout); cut off
-        │              from Redis for heartbeat_timeout, it closes its clients 1012
-        └── sweeper  : takes the connections of nodes whose key expired out of
-                       their rooms, once this node has been connected that long
+        ├── one RedisLink per Redis of --cluster (redis_link.py: calls,
+        │   subscriber, liveness, the sweep of dead nodes, expiry)
+        ├── reaper : unsubscribes from rooms this node no longer has members in
+        └── fence  : cut off from a Redis for heartbeat_timeout, closes every
+                     client 1012 (the survivors may have removed them)
 
-Order: calls go out in the order they were made, one pipeline at a time, so
-a connection's messages keep their order; each room's events are applied in
-event-number order (SharedRoom). A join subscribes to the room's channel
-before it asks Redis, so its node sees every event after the join.
+Rooms are spread over the Redis instances by a stable hash of their id (CRC-32,
+the same on every node given the same list in the same order). A join
+subscribes to the room's channel before it asks Redis, so its node sees every
+event after the join.
 
 Node failure (CLUSTER.md guarantee 7): Redis knows which node holds each
 member connection (`<node>/<n>`). A node whose liveness key expired is dead:
@@ -31,6 +28,7 @@ refresh. A node that starts sweeps what an earlier process of the same
 When Redis does not answer within `cluster_timeout`, the operation is
 answered `error unavailable` with `retryAfter`; its deadline (the same
 timeout, checked by Redis on its own clock) keeps it from applying later.
+After the subscriber reconnects, each of its rooms is checked (`_resume`).
 """
 
 from __future__ import annotations
@@ -38,18 +36,16 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import math
+import zlib
 from collections.abc import Callable
 
 import attrs
 import coredis
-import coredis.exceptions
 import trio
 from coredis.response.types import StreamEntry
 
 from roomd.cluster import ops
 from roomd.cluster.channels import ShardedPubSub
-from roomd.cluster.functions import EXPIRE, LIBRARY, SWEEP
 from roomd.cluster.shared_room import Gap, SharedRoom
 from roomd.config import Config
 from roomd.core import event as ev
@@ -59,6 +55,7 @@ from roomd.core.event import Event
 from roomd.core.room import Attached, Detached, Effect, Send, room_tag
 from roomd.core.stats import Stats
 from roomd.daemon.outbox import fan_out
+from roomd.daemon.redis_link import REDIS_FAILED, RedisLink, unavailable
 from roomd.daemon.registry import new_epoch
 from roomd.daemon.session import Session, Sessions
 from roomd.errors import CloseCode, ErrorCode, ProtocolError
@@ -67,36 +64,8 @@ log = logging.getLogger("roomd.cluster")
 
 # How often rooms this node has no member in are unsubscribed (CLUSTER.md: within 1 s).
 REAP_EVERY = 0.5
-# Most rooms one expiry call deletes.
-EXPIRE_BATCH = 100
 # After a reconnect, how long a room's events that went on meanwhile may take to arrive.
 CATCH_UP = 1.0
-# How soon a call Redis did not answer is asked again (with the same operation id).
-RETRY_EVERY = 0.1
-# What a client is told to wait before trying again after `unavailable`.
-RETRY_AFTER = 1.0
-
-Done = Callable[[ops.Reply], None]
-# What a call to Redis raises when Redis is unreachable or too slow.
-REDIS_FAILED = (trio.TooSlowError, coredis.exceptions.RedisError, OSError)
-# The set of every node that ever refreshed its liveness key (and was not swept).
-NODES_KEY = "roomd:nodes"
-# Set when the functions are loaded: gone, Redis has lost its data (and them).
-LIBRARY_KEY = "roomd:library"
-
-
-def _library_missing(result: object) -> bool:
-    return (
-        isinstance(result, coredis.exceptions.ResponseError)
-        and "function not found" in str(result).lower()
-    )
-
-
-def unavailable() -> ProtocolError:
-    """Return the error for an operation the cluster's Redis did not answer in time."""
-    return ProtocolError(
-        ErrorCode.UNAVAILABLE, "the cluster's Redis is unreachable", retry_after=RETRY_AFTER
-    )
 
 
 class AnyRoom:
@@ -106,52 +75,55 @@ class AnyRoom:
         return True
 
 
+def spread(room_id: str, count: int) -> int:
+    """Return the index of the Redis that holds `room_id`, of `count` (the same on every node)."""
+    return zlib.crc32(room_id.encode()) % count
+
+
 @attrs.define(eq=False)
 class ClusterRooms:
-    """This node's connections' rooms, shared with every node through one Redis."""
+    """This node's connections' rooms, shared with every node through the cluster's Redis."""
 
     config: Config
-    redis: coredis.Redis[bytes]
+    redis: list[coredis.Redis[bytes]]
     node_id: str
     stats: Stats
     wall_ms: Callable[[], int]
-    # Rooms this node has members in (or joining), by id.
-    rooms: dict[str, SharedRoom] = attrs.field(factory=dict)
-    # Rooms subscribed (or being subscribed): set once Redis confirmed.
-    subscribed: dict[str, trio.Event] = attrs.field(factory=dict)
-    _queue: list[tuple[ops.Call, Done]] = attrs.field(factory=list)
-    _wake: trio.Event = attrs.field(factory=trio.Event)
-    _pubsub: ShardedPubSub | None = None
-    _tasks: trio.Nursery | None = None
-    # Redis's run_id: another one means Redis restarted (and may have lost rooms).
-    _run_id: str = ""
-    # Set while the subscriber's connection is up.
-    _pubsub_ready: trio.Event = attrs.field(factory=trio.Event)
-    _op_ids: itertools.count[int] = attrs.field(factory=itertools.count)
     # Every open connection of this node (closed 1012 when cut off from the cluster).
     sessions: Sessions | None = None
-    # trio time of the last liveness refresh Redis took, and since when that has
-    # gone on without a miss (the sweeper waits for heartbeat_timeout of it).
-    _refreshed: float = -math.inf
-    _connected_since: float = math.inf
+    links: list[RedisLink] = attrs.field(init=False)
+    # Rooms this node has members in (or joining), by id.
+    rooms: dict[str, SharedRoom] = attrs.field(factory=dict)
+    _tasks: trio.Nursery | None = None
+    _op_ids: itertools.count[int] = attrs.field(factory=itertools.count)
+
+    @links.default
+    def _links(self) -> list[RedisLink]:
+        return [
+            RedisLink(self.config, redis, self.node_id, self._receive, self._resume)
+            for redis in self.redis
+        ]
 
     # -- running ---------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Load the functions, subscribe, and serve calls and events until cancelled."""
-        await self._load_library()
-        self._run_id = await self._redis_run_id()
-        await self._sweep(self.node_id)  # what an earlier process of this node left
-        await self._refresh()
+        """Connect to every Redis, then serve calls and events until cancelled."""
         async with trio.open_nursery() as tasks:
             self._tasks = tasks
-            await tasks.start(self._keep_subscribed)
-            tasks.start_soon(self._send_calls)
+            for link in self.links:
+                await tasks.start(link.run)
             tasks.start_soon(self._reap)
-            tasks.start_soon(self._expire)
-            tasks.start_soon(self._keep_alive)
-            tasks.start_soon(self._sweep_dead)
+            tasks.start_soon(self._fence)
             task_status.started()
+
+    def link_of(self, room_id: str) -> RedisLink:
+        """Return the link to the Redis that holds `room_id`."""
+        return self.links[spread(room_id, len(self.links))]
+
+    @property
+    def subscribed(self) -> int:
+        """How many rooms this node is subscribed to, over every Redis."""
+        return sum(len(link.subscribed) for link in self.links)
 
     def op(self) -> tuple[int, str]:
         """Return a fresh (deadline, operation id) for one call."""
@@ -162,90 +134,49 @@ class ClusterRooms:
         """Return the id by which Redis knows `session`: `<node>/<n>`."""
         return f"{self.node_id}/{session.conn_id}"
 
-    def submit(self, call: ops.Call, done: Done) -> None:
-        """Queue `call`; `done` gets Redis's reply (or `unavailable`) in call order."""
-        self._queue.append((call, done))
-        self._wake.set()
-
     async def call(self, call: ops.Call) -> ops.Reply:
-        """Make `call` and return its reply (queued and batched like every other)."""
-        got: list[ops.Reply] = []
-        answered = trio.Event()
+        """Make `call` on its room's Redis and return the reply."""
+        return await self.link_of(call.room_id).call(call)
 
-        def done(reply: ops.Reply) -> None:
-            got.append(reply)
-            answered.set()
+    def submit(self, call: ops.Call, done: Callable[[ops.Reply], None]) -> None:
+        """Queue `call` on its room's Redis; `done` gets the reply, in call order."""
+        self.link_of(call.room_id).submit(call, done)
 
-        self.submit(call, done)
-        await answered.wait()
-        return got[0]
+    def _receive(self, link: RedisLink, room_id: str, data: bytes) -> None:
+        room = self.rooms.get(room_id)
+        if room is None:
+            return
+        self.stats.cluster_events_in += 1
+        self._perform(room, room.receive(ops.decode_event(data)))
 
-    async def _send_calls(self) -> None:
+    async def _reap(self) -> None:
         while True:
-            await self._wake.wait()
-            self._wake = trio.Event()
-            batch, self._queue = self._queue, []
-            replies = await self._pipeline([call for call, _ in batch])
-            for index, (_, done) in enumerate(batch):
-                done(replies[index] if replies else ops.Refused(unavailable()))
+            await trio.sleep(REAP_EVERY)
+            for room_id in [r for r, room in self.rooms.items() if room.idle or room.deleted]:
+                del self.rooms[room_id]
+            for link in self.links:
+                for room_id in [r for r in link.subscribed if r not in self.rooms]:
+                    if room_id in self.rooms or room_id not in link.subscribed:
+                        continue  # joined again while an earlier one was unsubscribed
+                    await link.unsubscribe(room_id)
 
-    async def _pipeline(self, calls: list[ops.Call]) -> list[ops.Reply] | None:
-        """Make `calls` in one round trip; None when Redis gave no answer in cluster_timeout.
-
-        A failed attempt is repeated with the same operation ids, so a call Redis
-        applied before its reply was lost is answered with that reply, and one it
-        never got is applied once, or refused as late.
-        """
-        give_up = trio.current_time() + self.config.cluster_timeout
+    async def _fence(self) -> None:
+        fenced = False
         while True:
-            try:
-                with trio.fail_at(give_up):
-                    async with self.redis.pipeline(transaction=False, raise_on_error=False) as pipe:
-                        for call in calls:
-                            pipe.fcall(call.function, keys=call.keys, args=list(call.args))
-                results = pipe.results or ()
-                if not any(_library_missing(result) for result in results):
-                    return [self._reply(result) for result in results]
-                log.warning("cluster: Redis has lost its data: loading the functions again")
-                with contextlib.suppress(*REDIS_FAILED):
-                    await self._load_library()
-            except REDIS_FAILED as exc:
-                if trio.current_time() >= give_up:
-                    log.warning("cluster: %d calls unanswered: %s", len(calls), type(exc).__name__)
-                    return None
-            await trio.sleep(RETRY_EVERY)
+            await trio.sleep(self.config.heartbeat_timeout / 4)
+            cut_off = any(link.cut_off for link in self.links)
+            if cut_off and not fenced:
+                # The survivors may have removed this node's members by now.
+                log.warning(
+                    "cluster: cut off from Redis for %.0f s: closing clients",
+                    self.config.heartbeat_timeout,
+                )
+                for session in list(self.sessions.open if self.sessions is not None else ()):
+                    session.close(CloseCode.SERVICE_RESTART)
+            fenced = cut_off
 
-    async def _keep_subscribed(
-        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Hold the subscriber connection, and connect it again whenever it drops.
-
-        Meanwhile joins wait (up to cluster_timeout) and members stay; once it is
-        back, every room is subscribed again and checked (`_resume`).
-        """
-        started = False
-        while True:
-            try:
-                async with ShardedPubSub(self.redis.connection_pool, retry_policy=None) as pubsub:
-                    if started:
-                        await self._resume(pubsub)
-                    self._pubsub = pubsub
-                    self._pubsub_ready.set()
-                    if not started:
-                        task_status.started()
-                        started = True
-                    await self._listen(pubsub)
-            except Exception as exc:  # the subscriber's connection failed, however it says so
-                if not started:
-                    raise  # never connected: the node cannot start
-                log.warning("cluster: subscriber connection lost: %s", type(exc).__name__)
-            if self._pubsub_ready.is_set():
-                self._pubsub, self._pubsub_ready = None, trio.Event()
-                self.subscribed.clear()
-            await trio.sleep(RETRY_EVERY)
-
-    async def _resume(self, pubsub: ShardedPubSub) -> None:
-        """Subscribe again to every room after the subscriber was cut off, and check each.
+    async def _resume(self, link: RedisLink, pubsub: ShardedPubSub) -> None:
+        """Subscribe again to every room of `link` after its subscriber was cut off; check each.
 
         A room Redis lost is restored and one restored by another node is new to
         this node: either way its members here are closed 1012. A room whose
@@ -253,7 +184,11 @@ class ClusterRooms:
         were lost with the connection, and its members here are closed 1012 too
         (CLUSTER.md guarantee 10): they rejoin and recover with `since`.
         """
-        rooms = [room for room in self.rooms.values() if not room.deleted]
+        rooms = [
+            room
+            for room in self.rooms.values()
+            if not room.deleted and self.link_of(room.room_id) is link
+        ]
         for room in rooms:
             for joining in room.joining.values():  # its own event may be lost: start over
                 assert isinstance(joining.handle, Session)
@@ -262,17 +197,17 @@ class ClusterRooms:
             return
         with trio.fail_after(self.config.cluster_timeout):
             await pubsub.subscribe(*(ops.room_key(room.room_id) for room in rooms))
-            async with self.redis.pipeline(transaction=False) as pipe:
+            async with link.redis.pipeline(transaction=False) as pipe:
                 for room in rooms:
                     pipe.hmget(ops.room_key(room.room_id), ["epoch", "event"])
-        run_id = await self._redis_run_id()
-        restarted, self._run_id = run_id != self._run_id, run_id
+        run_id = await link.redis_run_id()
+        restarted, link.run_id = run_id != link.run_id, run_id
         if restarted:
-            await self._load_library()  # a Redis without persistence lost them
+            await link.load_library()  # a Redis without persistence lost them
         behind: list[tuple[SharedRoom, int]] = []
         lost: list[SharedRoom] = []
         for room, (epoch, event) in zip(rooms, pipe.results or (), strict=True):
-            ready = self.subscribed[room.room_id] = trio.Event()
+            ready = link.subscribed[room.room_id] = trio.Event()
             ready.set()
             if epoch is None and not restarted:
                 # Deleted meanwhile: its members here missed the roomDeleted.
@@ -281,15 +216,10 @@ class ClusterRooms:
                 lost.append(room)
             elif room.position is not None and int(event) > room.position:
                 behind.append((room, int(event)))
-        await self._restore_lost_rooms(lost)
+        await self._restore_lost_rooms(link, lost)
         if behind:
             assert self._tasks is not None
             self._tasks.start_soon(self._catch_up, behind)
-
-    async def _redis_run_id(self) -> str:
-        with trio.fail_after(self.config.cluster_timeout):
-            info = await self.redis.info("server")
-        return str(info.get("run_id", ""))
 
     async def _catch_up(self, behind: list[tuple[SharedRoom, int]]) -> None:
         await trio.sleep(CATCH_UP)
@@ -298,99 +228,7 @@ class ClusterRooms:
             if not room.deleted and position is not None and position < event:
                 self._perform(room, [Gap(position, event + 1)])
 
-    def _close_members(self, room: SharedRoom) -> None:
-        for member in room.members():
-            assert isinstance(member, Session)
-            member.close(CloseCode.SERVICE_RESTART)
-        room.deleted = True
-
-    @staticmethod
-    def _reply(result: object) -> ops.Reply:
-        if isinstance(result, Exception):  # a bug in a function: refuse, say so, go on
-            log.error("cluster: a roomd function failed: %s", result)
-            error = ProtocolError(ErrorCode.INTERNAL, "the cluster could not apply this")
-            return ops.Refused(error)
-        return ops.read_reply(result)
-
-    async def _listen(self, pubsub: ShardedPubSub) -> None:
-        prefix, suffix = len("roomd:{"), -1
-        while True:
-            message = await pubsub.get_message()
-            if message is None or message["type"] != "message":
-                continue
-            channel = ops.text(message["channel"])
-            room = self.rooms.get(channel[prefix:suffix])
-            if room is None:
-                continue
-            self.stats.cluster_events_in += 1
-            data = message["data"]
-            assert isinstance(data, bytes)
-            self._perform(room, room.receive(ops.decode_event(data)))
-
-    async def _reap(self) -> None:
-        while True:
-            await trio.sleep(REAP_EVERY)
-            for room_id in [r for r, room in self.rooms.items() if room.idle or room.deleted]:
-                del self.rooms[room_id]
-            for room_id in [r for r in self.subscribed if r not in self.rooms]:
-                pubsub = self._pubsub
-                if room_id in self.rooms or room_id not in self.subscribed or pubsub is None:
-                    continue  # joined again meanwhile, or the subscriber is reconnecting
-                del self.subscribed[room_id]
-                with contextlib.suppress(*REDIS_FAILED):
-                    await pubsub.unsubscribe(ops.room_key(room_id))
-
-    async def _expire(self) -> None:
-        ttl_ms = round(self.config.room_ttl * 1000)
-        every = min(5.0, self.config.room_ttl / 10)
-        while True:
-            await trio.sleep(every)
-            try:
-                with trio.fail_after(self.config.cluster_timeout):
-                    expired = await self.redis.fcall(EXPIRE, keys=[], args=[ttl_ms, EXPIRE_BATCH])
-            except REDIS_FAILED:
-                continue
-            assert isinstance(expired, list)
-            for room_id in expired:
-                log.info("room %s deleted (expired)", room_tag(ops.text(room_id)))
-
-    async def _load_library(self) -> None:
-        """Load the `roomd` functions (again: a Redis that restarted without data lost them)."""
-        await self.redis.function_load(LIBRARY, replace=True)
-        await self.redis.set(LIBRARY_KEY, b"1")
-
-    async def _refresh(self) -> bool:
-        """Refresh this node's liveness key; return whether Redis took it."""
-        ttl_ms = round(self.config.heartbeat_timeout * 1000)
-        try:
-            with trio.fail_after(self.config.cluster_timeout):
-                if not await self.redis.exists([LIBRARY_KEY]):
-                    log.warning("cluster: Redis has lost its data: loading the functions again")
-                    await self._load_library()
-                await self.redis.set(ops.node_key(self.node_id), b"1", px=ttl_ms)
-                await self.redis.sadd(NODES_KEY, [self.node_id])
-        except REDIS_FAILED:
-            self._connected_since = math.inf
-            return False
-        now = trio.current_time()
-        self._connected_since = min(self._connected_since, now)
-        self._refreshed = now
-        return True
-
-    async def _keep_alive(self) -> None:
-        timeout = self.config.heartbeat_timeout
-        fenced = False
-        while True:
-            await trio.sleep(timeout / 4)
-            if await self._refresh():
-                fenced = False
-            elif not fenced and trio.current_time() - self._refreshed >= timeout:
-                # The survivors may have removed this node's members by now.
-                fenced = True
-                log.warning("cluster: cut off from Redis for %.0f s: closing clients", timeout)
-                self._close_everyone()
-
-    async def _restore_lost_rooms(self, rooms: list[SharedRoom]) -> None:
+    async def _restore_lost_rooms(self, link: RedisLink, rooms: list[SharedRoom]) -> None:
         """Close this node's members of `rooms`, which are lost here, restoring the missing.
 
         A room Redis no longer holds comes back empty, with a new epoch and a
@@ -409,61 +247,34 @@ class ClusterRooms:
                 seq=room.seq,
             )
             with contextlib.suppress(*REDIS_FAILED), trio.fail_after(self.config.cluster_timeout):
-                await self.redis.fcall(restore.function, keys=restore.keys, args=list(restore.args))
+                await link.redis.fcall(restore.function, keys=restore.keys, args=list(restore.args))
             log.warning("room %s: lost by Redis or restored elsewhere", room_tag(room.room_id))
             self._close_members(room)
 
-    def _close_everyone(self) -> None:
-        for session in list(self.sessions.open if self.sessions is not None else ()):
-            session.close(CloseCode.SERVICE_RESTART)
-
-    async def _sweep_dead(self) -> None:
-        timeout = self.config.heartbeat_timeout
-        while True:
-            await trio.sleep(timeout / 2)
-            if trio.current_time() - self._connected_since < timeout:
-                continue  # after an outage, give the others time to refresh first
-            try:
-                with trio.fail_after(self.config.cluster_timeout):
-                    known = await self.redis.smembers(NODES_KEY)
-                    for raw in known:
-                        node = ops.text(raw)
-                        if node != self.node_id and not await self.redis.exists(
-                            [ops.node_key(node)]
-                        ):
-                            log.warning("cluster: node %s is gone: removing its members", node)
-                            await self._sweep(node)
-                            await self.redis.srem(NODES_KEY, [node])
-            except REDIS_FAILED:
-                continue
-
-    async def _sweep(self, node: str) -> None:
-        """Take every connection `node` holds out of its rooms (`userLeft disconnected`)."""
-        with trio.fail_after(self.config.cluster_timeout):
-            rooms = await self.redis.smembers(ops.node_rooms_key(node))
-            for room_id in rooms:
-                await self.redis.fcall(SWEEP, keys=[ops.room_key(ops.text(room_id))], args=[node])
-
-    async def _subscribe(self, room_id: str) -> None:
-        """Return once this node is subscribed to `room_id`'s channel; raises if it cannot be."""
-        with trio.fail_after(self.config.cluster_timeout):
-            ready = self.subscribed.get(room_id)
-            if ready is not None:
-                await ready.wait()
-                return
-            ready = self.subscribed[room_id] = trio.Event()
-            try:
-                await self._pubsub_ready.wait()  # the subscriber may be reconnecting
-                assert self._pubsub is not None
-                await self._pubsub.subscribe(ops.room_key(room_id))
-            except BaseException:
-                if self.subscribed.get(room_id) is ready:
-                    del self.subscribed[room_id]
-                raise
-            finally:
-                ready.set()
+    def _close_members(self, room: SharedRoom) -> None:
+        for member in room.members():
+            assert isinstance(member, Session)
+            member.close(CloseCode.SERVICE_RESTART)
+        room.deleted = True
 
     # -- what connections ask ----------------------------------------------------
+
+    async def counted_elsewhere(self, room_id: str, host: str | None) -> tuple[int, int]:
+        """Return the rooms, and those `host` hosts, on every Redis but `room_id`'s.
+
+        Each Redis counts its own rooms; a creation adds the others' counts, read
+        just before (not atomically: two creations at once on two Redis
+        instances may both fit where only one should).
+        """
+        rooms = hosted = 0
+        for link in self.links:
+            if link is self.link_of(room_id):
+                continue
+            with trio.fail_after(self.config.cluster_timeout):
+                rooms += await link.redis.zcard("roomd:rooms")
+                if host is not None:
+                    hosted += int(await link.redis.hget("roomd:hosted", host) or 0)
+        return rooms, hosted
 
     async def create(self, action: CreateRoom, room_id: str, epoch: str, prefix: str) -> bool:
         """Create room `room_id` for `action`'s creator; False when the id is taken.
@@ -471,6 +282,10 @@ class ClusterRooms:
         Raises `ProtocolError` (a room quota, or `unavailable`).
         """
         config = self.config
+        try:
+            elsewhere = await self.counted_elsewhere(room_id, action.aid)
+        except REDIS_FAILED:
+            raise unavailable() from None
         reply = await self.call(
             ops.create(
                 room_id,
@@ -482,6 +297,7 @@ class ClusterRooms:
                 max_rooms=config.max_rooms,
                 max_rooms_per_aid=config.max_rooms_per_aid,
                 by_api=False,
+                elsewhere=elsewhere,
             )
         )
         if isinstance(reply, ops.Refused):
@@ -502,7 +318,7 @@ class ClusterRooms:
         conn_id = self.conn_id(session)
         room.expect_join(conn_id, session, action.aid, action.request_id, action.since)
         try:
-            await self._subscribe(room_id)
+            await self.link_of(room_id).subscribe(room_id)
         except REDIS_FAILED:
             room.join_refused(conn_id)
             session.connection.join_settled(room_id)
@@ -599,7 +415,7 @@ class ClusterRooms:
             raw: tuple[StreamEntry, ...] = ()
             if msg.before is None or msg.before > 1:
                 with trio.fail_after(self.config.cluster_timeout):
-                    raw = await self.redis.xrevrange(
+                    raw = await self.link_of(room_id).redis.xrevrange(
                         ops.stream_key(room_id), top, "-", count=msg.limit + 1
                     )
             oldest = policy.oldest_ts(self.wall_ms())

@@ -118,8 +118,8 @@ class Server:
     # Wall-clock time (ts, createdAt, token checks); tests tie it to the mock clock.
     wall_ms: Callable[[], int] = wall_clock_ms
     stats: Stats = attrs.field(factory=Stats)
-    # With --cluster: the client of the cluster's Redis, and this node's name.
-    redis: coredis.Redis[bytes] | None = None
+    # With --cluster: a client of each Redis of the cluster, and this node's name.
+    redis: list[coredis.Redis[bytes]] = attrs.field(factory=list)
     node_id: str = ""
     # Set once the WebSocket drain is over (the server API stops then).
     drained: trio.Event = attrs.field(factory=trio.Event)
@@ -156,8 +156,8 @@ class Server:
         if listeners is None:
             listeners = await self.open_listeners()
         async with contextlib.AsyncExitStack() as stack:
-            if self.redis is not None:
-                await stack.enter_async_context(self.redis)
+            for redis in self.redis:
+                await stack.enter_async_context(redis)
             server_nursery = await stack.enter_async_context(trio.open_nursery())
             await self._serve(server_nursery, listeners, task_status)
             server_nursery.cancel_scope.cancel()
@@ -197,7 +197,7 @@ class Server:
             await server_nursery.start(flusher.run)
             await server_nursery.start(self.bus.run, partial(_to_room, registry))
             cluster = None
-            if self.redis is not None:
+            if self.redis:
                 cluster = ClusterRooms(
                     config, self.redis, self.node_id, self.stats, self.wall_ms, sessions=sessions
                 )

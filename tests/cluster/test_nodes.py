@@ -21,7 +21,7 @@ import orjson
 import pytest
 
 from ..e2e_support import SECRET, RoomdProcess, WsClient, b64, clean_env, roomd_processes
-from .conftest import RedisServer
+from .conftest import RedisServer, free_port
 
 API_KEY = "cluster-test-api-key-0123456789abcdef"
 Start = Callable[..., RoomdProcess]
@@ -394,3 +394,55 @@ def test_an_empty_room_expires_once_whichever_nodes_are_up(
     assert api(n0, "GET", f"/v1/rooms/{room_id}") == 404
     logs = n0.logs() + n1.logs()
     assert logs.count("deleted (expired)") == 1
+
+
+def test_rooms_spread_over_two_redis_instances_and_quotas_count_them_all(
+    roomd: Start, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Two nodes, each given both Redis: rooms land on both, work across nodes, and
+    --max-rooms counts the rooms of both Redis instances."""
+    second = RedisServer(free_port(), tmp_path / "second")
+    second.directory.mkdir()
+    second.start()
+    try:
+        urls = [f"redis://127.0.0.1:{port}/0" for port in (redis_server.port, second.port)]
+        started = []
+        for index in range(2):
+            data_dir = tmp_path / f"node{index}"
+            data_dir.mkdir()
+            started.append(
+                roomd(
+                    "--cluster",
+                    urls[0],
+                    "--cluster",
+                    urls[1],
+                    "--node-id",
+                    f"n{index}",
+                    "--max-rooms",
+                    "6",
+                    data_dir=data_dir,
+                    env={"ROOMD_API_KEY": API_KEY},
+                )
+            )
+        n0, n1 = started
+        alice, bob = client(n0, "alice"), client(n1, "bob")
+        rooms = [create(alice) for _ in range(6)]
+        for room_id in rooms:
+            join(bob, room_id)
+            send(bob, room_id, room_id.encode())
+            message = alice.recv_type("newMessage")
+            assert (message["roomId"], message["seq"]) == (room_id, 1)
+        counts = [redis_count(port) for port in (redis_server.port, second.port)]
+        assert sum(counts) == 6 and min(counts) >= 1, counts
+        alice.send({"type": "createChatroom", "id": 9})
+        refused = alice.recv_type("error")
+        assert (refused["code"], refused["id"]) == ("tooManyRooms", 9)
+    finally:
+        second.stop()
+
+
+def redis_count(port: int) -> int:
+    """Return how many rooms the Redis on `port` holds (ZCARD roomd:rooms)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall(b"ZCARD roomd:rooms\r\n")
+        return int(conn.recv(64).strip().lstrip(b":"))
