@@ -17,10 +17,12 @@ import trio
 
 from roomd import __version__
 from roomd.config import Config, add_arguments, from_sources
+from roomd.core.admission import IpCounts
 from roomd.core.token import DEFAULT_TTL, mint_token
 from roomd.datadir import load_api_key, load_token_secret
 from roomd.errors import ConfigError, ProtocolError
 from roomd.node import Node
+from roomd.supervisor import supervise
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,9 +52,20 @@ def raise_open_file_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-async def serve(config: Config) -> None:
+def run_node(config: Config, ip_counts: IpCounts | None = None) -> None:
+    """Run one node until SIGINT or SIGTERM (a worker's per-IP count: `ip_counts`)."""
+    raise_open_file_limit()
+    try:
+        trio.run(serve, config, ip_counts)
+    except ConfigError as exc:
+        sys.exit(f"roomd serve: {exc}")
+    except OSError as exc:
+        sys.exit(f"roomd serve: {exc}")
+
+
+async def serve(config: Config, ip_counts: IpCounts | None = None) -> None:
     """Run the daemon until SIGINT or SIGTERM, then shut down gracefully."""
-    node = Node.from_config(config)
+    node = Node.from_config(config, ip_counts=ip_counts)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             bound = await nursery.start(node.run)
@@ -104,11 +117,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    raise_open_file_limit()
     try:
         config = from_sources(args)
-        trio.run(serve, config)
     except ConfigError as exc:
         sys.exit(f"roomd serve: {exc}")
-    except OSError as exc:
-        sys.exit(f"roomd serve: {exc}")
+    if config.workers > 1:
+        try:
+            supervise(config, args.log_level.upper())
+        except OSError as exc:
+            sys.exit(f"roomd serve: {exc}")
+        return
+    run_node(config)

@@ -59,6 +59,10 @@ class Config:
     # This node's name in a cluster; empty: a random one, chosen at start.
     node_id: str = ""
     cluster_timeout: float = 2.0
+    # Processes serving on this machine (`--workers`); each a full cluster node.
+    workers: int = 1
+    # Set by the supervisor for its workers: listen with SO_REUSEPORT on a shared port.
+    reuse_port: bool = False
 
     @property
     def tls(self) -> bool:
@@ -123,6 +127,7 @@ SETTINGS: tuple[tuple[str, type, str], ...] = (
     ("recovery_limit", int, "most missed messages a join with 'since' replays"),
     ("node_id", str, "this node's name in a cluster (default: random, printed at start)"),
     ("cluster_timeout", float, "seconds a room operation waits for Redis before 'unavailable'"),
+    ("workers", int, "processes sharing the WebSocket port, each a cluster node (needs --cluster)"),
 )
 STORES = ("sqlite", "memory")
 # (flag name, variable, help) of the repeatable flags; the variable is comma-separated.
@@ -241,6 +246,10 @@ def validate(config: Config) -> None:
         raise ConfigError("--port must be within 0..65535")
     if not 0 <= config.api_port <= 65535:
         raise ConfigError("--api-port must be within 0..65535")
+    if config.workers < 1:
+        raise ConfigError("--workers must be at least 1")
+    if config.workers > 1 and not config.cluster:
+        raise ConfigError("--workers needs --cluster: the workers share their rooms through Redis")
     if len(set(config.cluster)) != len(config.cluster):
         raise ConfigError("--cluster names the same Redis twice")
     for url in config.cluster:

@@ -29,6 +29,7 @@ import trio
 from roomd.api.app import build_app
 from roomd.api.http import serve_api
 from roomd.config import Config
+from roomd.core.admission import IpCounts
 from roomd.daemon.server import Running, Server
 from roomd.datadir import API_KEY_ENV, SECRET_ENV, load_api_key, load_token_secret
 from roomd.errors import ConfigError
@@ -62,14 +63,19 @@ class Node:
     api_key: str | None
 
     @classmethod
-    def from_config(cls, config: Config, env: Mapping[str, str] = os.environ) -> Node:
+    def from_config(
+        cls,
+        config: Config,
+        env: Mapping[str, str] = os.environ,
+        ip_counts: IpCounts | None = None,
+    ) -> Node:
         """Return the node of `config`: secrets and store from the data dir and environment.
 
         A cluster node takes its secrets from `env` only (every node needs the
         same ones) and raises `ConfigError` saying so when they are missing.
         """
         if config.cluster:
-            return cls._cluster_node(config, env)
+            return cls._cluster_node(config, env, ip_counts)
         server = Server(
             config=config,
             token_secret=load_token_secret(config.data_dir),
@@ -78,7 +84,9 @@ class Node:
         return cls(server, load_api_key(config.data_dir) if config.api else None)
 
     @classmethod
-    def _cluster_node(cls, config: Config, env: Mapping[str, str]) -> Node:
+    def _cluster_node(
+        cls, config: Config, env: Mapping[str, str], ip_counts: IpCounts | None
+    ) -> Node:
         needed = [SECRET_ENV] + ([API_KEY_ENV] if config.api else [])
         missing = [name for name in needed if not env.get(name)]
         if missing:
@@ -93,6 +101,7 @@ class Node:
             store=MemoryRoomStore(),  # Redis holds the rooms
             redis=[coredis.Redis.from_url(url) for url in config.cluster],
             node_id=config.node_id or secrets.token_hex(4),
+            ip_counts=ip_counts,
         )
         return cls(server, env[API_KEY_ENV] if config.api else None)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 import attrs
 
@@ -85,6 +86,18 @@ class Slot:
     upgraded: bool = False
 
 
+class IpCounts(Protocol):
+    """Connections per client IP counted across processes (`--workers` share one count)."""
+
+    def take(self, ip: str, limit: int) -> bool:
+        """Count one more connection of `ip`; False, counting nothing, when it has `limit`."""
+        ...
+
+    def give_back(self, ip: str) -> None:
+        """Count one connection of `ip` fewer."""
+        ...
+
+
 @attrs.define
 class Admission:
     """Counts connections per client IP from TCP accept, and decides each handshake.
@@ -101,8 +114,11 @@ class Admission:
     trusted_proxies: tuple[Network, ...] = ()
     max_connections: int = 0
     draining: bool = False
+    # This process's open connections per IP.
     open_by_ip: dict[str, int] = attrs.field(factory=dict)
     upgraded: int = 0
+    # The machine's count when processes share one (`--workers`): it decides the limit.
+    shared: IpCounts | None = None
 
     def accept(self, peer: str) -> Slot | Rejection:
         """Count a TCP connection accepted from `peer`; `PER_IP_LIMIT` when `peer` is full.
@@ -152,6 +168,8 @@ class Admission:
             self.open_by_ip[slot.ip] = count
         else:
             self.open_by_ip.pop(slot.ip, None)
+        if self.shared is not None:
+            self.shared.give_back(slot.ip)
         slot.ip = None
 
     def open_connections(self) -> int:
@@ -160,7 +178,10 @@ class Admission:
 
     def _take(self, ip: str) -> bool:
         count = self.open_by_ip.get(ip, 0)
-        if self.max_conns_per_ip and count >= self.max_conns_per_ip:
+        if self.shared is not None:
+            if not self.shared.take(ip, self.max_conns_per_ip):
+                return False
+        elif self.max_conns_per_ip and count >= self.max_conns_per_ip:
             return False
         self.open_by_ip[ip] = count + 1
         return True

@@ -41,7 +41,7 @@ import coredis
 import trio
 
 from roomd.config import Config
-from roomd.core.admission import Admission
+from roomd.core.admission import Admission, IpCounts
 from roomd.core.expiry import alive_mark_interval
 from roomd.core.quota import RoomQuota
 from roomd.core.refusal import RefusalLog
@@ -59,6 +59,8 @@ from roomd.daemon.writer import StoreWriter
 from roomd.store import RoomStore
 
 log = logging.getLogger("roomd.server")
+# The listen backlog of a worker's socket (trio's own default for its listeners).
+LISTEN_BACKLOG = 0xFFFF
 
 # How often (seconds, at the most) messages older than history_ttl are deleted;
 # reads never return them meanwhile.
@@ -121,6 +123,8 @@ class Server:
     # With --cluster: a client of each Redis of the cluster, and this node's name.
     redis: list[coredis.Redis[bytes]] = attrs.field(factory=list)
     node_id: str = ""
+    # With --workers: the machine's per-IP count, shared by every worker.
+    ip_counts: IpCounts | None = None
     # Set once the WebSocket drain is over (the server API stops then).
     drained: trio.Event = attrs.field(factory=trio.Event)
     _stopping: trio.Event = attrs.field(factory=trio.Event)
@@ -132,7 +136,10 @@ class Server:
     async def open_listeners(self) -> list[trio.abc.Listener[trio.abc.Stream]]:
         """Open the TCP listeners of the config, wrapped in TLS when it names a certificate."""
         config = self.config
-        tcp = await trio.open_tcp_listeners(config.port, host=config.host)
+        if config.reuse_port:
+            tcp = [await _reuse_port_listener(config.host, config.port)]
+        else:
+            tcp = list(await trio.open_tcp_listeners(config.port, host=config.host))
         if config.tls_cert is None or config.tls_key is None:
             return list(tcp)
         context = make_ssl_context(config.tls_cert, config.tls_key)
@@ -174,6 +181,7 @@ class Server:
             config.allowed_origins,
             config.trusted_proxies,
             config.max_connections,
+            shared=self.ip_counts,
         )
         sessions = Sessions(self.stats)
         flusher = Flusher()
@@ -275,6 +283,21 @@ class Server:
         while True:
             await trio.sleep(interval)
             await self.store.mark_alive(self.wall_ms())
+
+
+async def _reuse_port_listener(host: str, port: int) -> trio.SocketListener:
+    """Return a listener on `host:port` that other processes may bind too (SO_REUSEPORT)."""
+    family = trio.socket.AF_INET6 if ":" in host else trio.socket.AF_INET
+    sock = trio.socket.socket(family, trio.socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
+        await sock.bind((host, port))
+        sock.listen(LISTEN_BACKLOG)
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketListener(sock)
 
 
 async def _to_room(registry: RoomRegistry, event: BusEvent) -> None:
