@@ -22,8 +22,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,8 @@ LOADS: dict[str, tuple[str, dict[str, Any]]] = {
     "rooms": ("rooms", {"rooms": 60, "size": 10, "rate": 1.0, "duration": 15.0}),
 }
 NODES = 2
+# `--workers 2` against one process: the standard suite's chat mix (CPU-bound alone).
+WORKERS_LOAD = ("rooms", {"rooms": 200, "size": 10, "rate": 1.0, "duration": 15.0})
 
 
 def _free_port() -> int:
@@ -99,6 +102,49 @@ def fcalls(port: int) -> int:
 
 
 @contextmanager
+def workers_node(redis_port: int, secret: str, count: int) -> Iterator[tuple[str, list[int]]]:
+    """Start `roomd serve --workers count` on Redis at `redis_port`; yield its url and pids."""
+    with tempfile.TemporaryDirectory(prefix="roomd-bench-") as data_dir:
+        argv = [sys.executable, "-m", "roomd", "serve", "--data-dir", data_dir, *SERVER_FLAGS]
+        argv += ["--cluster", f"redis://127.0.0.1:{redis_port}/0", "--workers", str(count)]
+        env = {**os.environ, "ROOMD_TOKEN_SECRET": secret}
+        with (Path(data_dir) / "server.log").open("w") as stderr:
+            process = subprocess.Popen(
+                argv, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env
+            )
+            try:
+                url = _read_listening(process)
+                for _ in range(count - 1):
+                    _read_listening(process)
+                children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text()
+                pids = [int(pid) for pid in children.split()]
+                workers = [pid for pid in pids if _is_worker(pid)]
+                yield url, workers
+            finally:
+                _stop(process)
+
+
+def _is_worker(pid: int) -> bool:
+    try:
+        return "multiprocessing.spawn" in Path(f"/proc/{pid}/cmdline").read_text()
+    except OSError:
+        return False
+
+
+def per_process(
+    pids: dict[str, int], run: Callable[[], dict[str, Any]]
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """Call `run()`; return its result and each process's CPU share of one core meanwhile."""
+    before = {name: proc_cpu_seconds(pid) for name, pid in pids.items()}
+    started = time.perf_counter()
+    result = run()
+    wall = time.perf_counter() - started
+    return result, {
+        name: round((proc_cpu_seconds(pid) - before[name]) / wall, 3) for name, pid in pids.items()
+    }
+
+
+@contextmanager
 def cluster_nodes(redis_port: int, secret: str, count: int) -> Iterator[list[tuple[str, int]]]:
     """Start `count` nodes sharing Redis at `redis_port`; yield their (url, pid)."""
     with ExitStack() as stack:
@@ -131,7 +177,51 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench cluster", description=__doc__)
     parser.add_argument("--duration", type=float, help="seconds of load of each run")
     parser.add_argument("--no-write", action="store_true", help="do not write bench/results")
+    parser.add_argument(
+        "--no-workers", action="store_true", help="skip `--workers 2` against one process"
+    )
     return parser
+
+
+def compare_workers(suite_args: argparse.Namespace) -> dict[str, Any]:
+    """Run the chat mix on one process, then on `--workers 2` (and Redis); return both."""
+    name, settings = WORKERS_LOAD
+    print(f"{name} on one process: {settings}", file=sys.stderr, flush=True)
+    with roomd_server([]) as server:
+        single = run_variant(
+            name, settings, server.url, server.secret, server.process.pid, suite_args
+        )
+    print(f"{name} on --workers 2 and redis-server", file=sys.stderr, flush=True)
+    secret = secrets.token_urlsafe(32)
+    with redis_server() as (redis, port), workers_node(port, secret, 2) as (url, pids):
+        processes = {f"worker{i}": pid for i, pid in enumerate(pids)} | {"redis": redis.pid}
+        both, shares = per_process(
+            processes,
+            lambda: run_variant(
+                name, settings, url, secret, pids[0], suite_args, more_pids=(*pids[1:], redis.pid)
+            ),
+        )
+    both["cpu_share_by_process"] = shares
+    return {"name": name, "single": single, "workers": both}
+
+
+def workers_table(compared: dict[str, Any]) -> str:
+    """Return `--workers 2` against one process as text, with the throughput ratio."""
+    single, both = compared["single"], compared["workers"]
+    ratio = (both["deliveries_per_s"] or 0) / (single["deliveries_per_s"] or 1)
+    lines = ["", f"chat mix ({compared['name']}): --workers 2 against one process"]
+    for side, r in (("one", single), ("workers", both)):
+        latency = r["latency_ms"]
+        lines.append(
+            f"  {side:<8} {r['deliveries_per_s'] or 0:>8.0f} deliv/s  "
+            f"{r['server_us_per_delivery'] or 0:>7.2f} us/deliv  p50 {latency['p50']} ms  "
+            f"p99 {latency['p99']} ms  generator {r['generator_cpu_util_per_worker']:.0%}  "
+            f"lost/dup/reord {r['lost']}/{r['duplicated']}/{r['reordered']}"
+        )
+    lines.append(
+        f"  throughput ratio {ratio:.2f}; CPU share by process {both['cpu_share_by_process']}"
+    )
+    return "\n".join(lines)
 
 
 def main(argv: list[str]) -> int:
@@ -155,7 +245,9 @@ def main(argv: list[str]) -> int:
         with redis_server() as (redis, port), cluster_nodes(port, secret, NODES) as nodes:
             (url, pid), others = nodes[0], nodes[1:]
             calls0, redis_cpu0 = fcalls(port), proc_cpu_seconds(redis.pid)
-            cluster = run_variant(
+            processes = {f"node{i}": p for i, (_, p) in enumerate(nodes)} | {"redis": redis.pid}
+            run = partial(
+                run_variant,
                 name,
                 settings,
                 url,
@@ -165,13 +257,22 @@ def main(argv: list[str]) -> int:
                 more_urls=tuple(u for u, _ in others),
                 more_pids=(*(p for _, p in others), redis.pid),
             )
+            cluster, shares = per_process(processes, run)
             calls, redis_cpu = fcalls(port) - calls0, proc_cpu_seconds(redis.pid) - redis_cpu0
         cluster["redis_fcalls"] = calls
         cluster["redis_cpu_s"] = round(redis_cpu, 3)
         cluster["redis_us_per_fcall"] = round(redis_cpu * 1e6 / calls, 2) if calls else None
+        # Over the whole run (set-up and drain too): whether any process was CPU-bound.
+        cluster["cpu_share_by_process"] = shares
         compared.append({"name": name, "single": single, "cluster": cluster})
+    workers = compare_workers(suite_args) if not args.no_workers else None
     print()
     print(table(compared))
+    for item in compared:
+        shares = item["cluster"]["cpu_share_by_process"]
+        print(f"{item['name']}: CPU share by process over the run: {shares}")
+    if workers is not None:
+        print(workers_table(workers))
     document = {
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "elapsed_s": round(time.time() - started, 1),
@@ -179,6 +280,7 @@ def main(argv: list[str]) -> int:
         "versions": versions(),
         "nodes": NODES,
         "loads": compared,
+        "workers": workers,
     }
     if not args.no_write:
         report.write(RESULTS, document, latest="cluster.json")
