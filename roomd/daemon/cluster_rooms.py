@@ -211,7 +211,8 @@ class ClusterRooms:
             ready.set()
             if epoch is None and not restarted:
                 # Deleted meanwhile: its members here missed the roomDeleted.
-                self._perform(room, [Gap(room.position or 0, -1)])
+                log.warning("room %s: deleted while unsubscribed", room_tag(room.room_id))
+                self._close_members(room)
             elif epoch is None or ops.text(epoch) != room.epoch:
                 lost.append(room)
             elif room.position is not None and int(event) > room.position:
@@ -323,6 +324,11 @@ class ClusterRooms:
             room.join_refused(conn_id)
             session.connection.join_settled(room_id)
             session.send(ev.error(unavailable(), action.request_id, room_id))
+            return
+        if session.connection.close_code is not None:
+            # Closed while subscribing: its leave is already queued, ahead of this join.
+            room.join_refused(conn_id)
+            session.connection.join_settled(room_id)
             return
         call = ops.join(
             room_id,
@@ -458,10 +464,7 @@ class ClusterRooms:
                         after + 1,
                         got - 1,
                     )
-                    for member in room.members():
-                        assert isinstance(member, Session)
-                        member.close(CloseCode.SERVICE_RESTART)
-                    room.deleted = True
+                    self._close_members(room)
 
 
 def _ignore(reply: ops.Reply) -> None:

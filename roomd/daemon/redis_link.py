@@ -212,7 +212,9 @@ class RedisLink:
             except Exception as exc:  # the subscriber's connection failed, however it says so
                 if not started:
                     raise  # never connected: the node cannot start
-                log.warning("cluster: subscriber connection lost: %s", type(exc).__name__)
+                # Once per outage, not once per attempt.
+                report = log.warning if self._pubsub_ready.is_set() else log.debug
+                report("cluster: subscriber connection lost: %s", type(exc).__name__)
             if self._pubsub_ready.is_set():
                 self._pubsub, self._pubsub_ready = None, trio.Event()
                 self.subscribed.clear()

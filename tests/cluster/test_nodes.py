@@ -8,15 +8,18 @@ different nodes and must see exactly what they would see on one node.
 from __future__ import annotations
 
 import base64
+import contextlib
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import orjson
 import pytest
 
@@ -446,3 +449,97 @@ def redis_count(port: int) -> int:
     with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
         conn.sendall(b"ZCARD roomd:rooms\r\n")
         return int(conn.recv(64).strip().lstrip(b":"))
+
+
+@attrs.define
+class CuttableProxy:
+    """A TCP proxy to Redis on a loopback port, that a test can cut (one node's link)."""
+
+    target: int
+    port: int = attrs.field(factory=free_port)
+    _listener: socket.socket | None = None
+    _open: list[socket.socket] = attrs.field(factory=list)
+    _cut: threading.Event = attrs.field(factory=threading.Event)
+
+    def start(self) -> None:
+        """Accept connections and pump bytes both ways until `cut`."""
+        listener = self._listener = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while not self._cut.is_set():
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            self._open += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+
+    def cut(self) -> None:
+        """Drop every connection and refuse new ones: the node behind it is cut off."""
+        self._cut.set()
+        if self._listener is not None:
+            # Shut down first: close() alone does not wake the thread blocked in accept().
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)
+            self._listener.close()
+        for sock in self._open:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+
+def test_a_node_cut_off_from_redis_closes_its_clients_and_the_others_remove_them(
+    roomd: Start, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Node 1 loses Redis (its link cut), node 0 does not: node 1 closes bob 1012 after
+    heartbeat_timeout, and alice on node 0 sees bob leave (guarantee 7)."""
+    timeout = 2.0
+    proxy = CuttableProxy(redis_server.port)
+    proxy.start()
+    flags = [
+        "--heartbeat-timeout",
+        str(timeout),
+        "--heartbeat-interval",
+        "1",
+        "--cluster-timeout",
+        "0.5",
+    ]
+    started = []
+    for index, port in enumerate((redis_server.port, proxy.port)):
+        data_dir = tmp_path / f"node{index}"
+        data_dir.mkdir()
+        started.append(
+            roomd(
+                "--cluster",
+                f"redis://127.0.0.1:{port}/0",
+                "--node-id",
+                f"n{index}",
+                *flags,
+                data_dir=data_dir,
+                env={"ROOMD_API_KEY": API_KEY},
+            )
+        )
+    n0, n1 = started
+    alice, bob = client(n0, "alice"), client(n1, "bob")
+    room_id = create(alice)
+    join(bob, room_id)
+    cut = time.monotonic()
+    proxy.cut()
+    with pytest.raises(Exception):  # noqa: B017 - websockets' ConnectionClosed
+        while True:
+            bob.recv(timeout=3 * timeout)
+    assert bob.ws.close_code == 1012
+    assert time.monotonic() - cut >= timeout * 0.75  # not before its key could expire
+    left = alice.recv_type("userLeft", timeout=3 * timeout)
+    assert (left["aid"], left["reason"]) == ("bob", "disconnected")
