@@ -183,14 +183,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def alone(name: str, settings: dict[str, Any], suite_args: argparse.Namespace) -> dict[str, Any]:
+    """Run one load against a `roomd serve` of its own (no cluster); return its figures."""
+    print(f"{name} on one process: {settings}", file=sys.stderr, flush=True)
+    with roomd_server([]) as server:
+        return run_variant(
+            name, settings, server.url, server.secret, server.process.pid, suite_args
+        )
+
+
 def compare_workers(suite_args: argparse.Namespace) -> dict[str, Any]:
     """Run the chat mix on one process, then on `--workers 2` (and Redis); return both."""
     name, settings = WORKERS_LOAD
-    print(f"{name} on one process: {settings}", file=sys.stderr, flush=True)
-    with roomd_server([]) as server:
-        single = run_variant(
-            name, settings, server.url, server.secret, server.process.pid, suite_args
-        )
+    single = alone(name, settings, suite_args)
     print(f"{name} on --workers 2 and redis-server", file=sys.stderr, flush=True)
     secret = secrets.token_urlsafe(32)
     with redis_server() as (redis, port), workers_node(port, secret, 2) as (url, pids):
@@ -235,11 +240,7 @@ def main(argv: list[str]) -> int:
     for name, (_, settings) in LOADS.items():
         if args.duration is not None:
             settings = {**settings, "duration": args.duration}
-        print(f"{name} on one node: {settings}", file=sys.stderr, flush=True)
-        with roomd_server([]) as server:
-            single = run_variant(
-                name, settings, server.url, server.secret, server.process.pid, suite_args
-            )
+        single = alone(name, settings, suite_args)
         print(f"{name} on {NODES} nodes and redis-server", file=sys.stderr, flush=True)
         secret = secrets.token_urlsafe(32)
         with redis_server() as (redis, port), cluster_nodes(port, secret, NODES) as nodes:

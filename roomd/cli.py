@@ -123,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(f"roomd serve: {exc}")
     if config.workers > 1:
         try:
-            supervise(config, args.log_level.upper())
+            supervise(config, args.log_level.upper(), run_node)
         except OSError as exc:
             sys.exit(f"roomd serve: {exc}")
         return

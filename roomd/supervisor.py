@@ -19,12 +19,14 @@ import secrets
 import signal
 import socket
 import threading
+from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
 import attrs
 
 from roomd.config import Config
+from roomd.core.admission import IpCounts
 from roomd.daemon.shared_ip_counts import SharedIpCounts
 
 log = logging.getLogger("roomd.supervisor")
@@ -60,15 +62,23 @@ def worker_config(config: Config, port: int, base_id: str, index: int) -> Config
     )
 
 
-def _work(config: Config, counts: SharedIpCounts, index: int, log_level: str) -> None:
-    from roomd.cli import run_node  # the worker's own process: import it there
+# How a worker runs its node: `roomd.cli.run_node`, handed in (it is the CLI's).
+RunNode = Callable[[Config, IpCounts], None]
 
+
+def _work(
+    run_node: RunNode, config: Config, counts: SharedIpCounts, index: int, log_level: str
+) -> None:
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     run_node(config, counts.for_worker(index))
 
 
-def supervise(config: Config, log_level: str) -> None:
-    """Run `config.workers` workers until SIGINT or SIGTERM; restart any that dies."""
+def supervise(config: Config, log_level: str, run_node: RunNode) -> None:
+    """Run `config.workers` workers until SIGINT or SIGTERM; restart any that dies.
+
+    Each worker is a new process (spawned) that calls `run_node` with its config
+    and its view of the shared per-IP count.
+    """
     context = multiprocessing.get_context("spawn")
     counts = SharedIpCounts(config.workers, context=context)
     reserved = reserve_port(config.host, config.port)
@@ -79,7 +89,7 @@ def supervise(config: Config, log_level: str) -> None:
     def spawn(index: int) -> BaseProcess:
         worker = context.Process(
             target=_work,
-            args=(worker_config(config, port, base_id, index), counts, index, log_level),
+            args=(run_node, worker_config(config, port, base_id, index), counts, index, log_level),
             name=f"roomd worker {index}",
         )
         worker.start()

@@ -159,6 +159,18 @@ local function require_host(room, conn)
   return aid, nil
 end
 
+-- The room must exist, and `conn` ('' for the server API) must be its host.
+local function require_room_and_host(room, conn)
+  if redis.call('EXISTS', room) == 0 then
+    return err('notFound', "no room '" .. room_id(room) .. "'")
+  end
+  if conn ~= '' then
+    local _, refused = require_host(room, conn)
+    return refused
+  end
+  return nil
+end
+
 local function is_present(room, aid)
   return redis.call('ZSCORE', room .. ':members', aid) ~= false
 end
@@ -495,13 +507,8 @@ local function unban(keys, args)
   local room = keys[1]
   local done = begin(room, args)
   if done then return done end
-  if redis.call('EXISTS', room) == 0 then
-    return finish(room, args, err('notFound', "no room '" .. room_id(room) .. "'"))
-  end
-  if args[3] ~= '' then
-    local _, refused = require_host(room, args[3])
-    if refused then return finish(room, args, refused) end
-  end
+  local refused = require_room_and_host(room, args[3])
+  if refused then return finish(room, args, refused) end
   if redis.call('SREM', room .. ':bans', args[4]) == 0 then
     return finish(room, args, err('notFound', "'" .. args[4] .. "' is not banned from this room"))
   end
@@ -513,13 +520,8 @@ local function delete(keys, args)
   local room = keys[1]
   local done = begin(room, args)
   if done then return done end
-  if redis.call('EXISTS', room) == 0 then
-    return finish(room, args, err('notFound', "no room '" .. room_id(room) .. "'"))
-  end
-  if args[3] ~= '' then
-    local _, refused = require_host(room, args[3])
-    if refused then return finish(room, args, refused) end
-  end
+  local refused = require_room_and_host(room, args[3])
+  if refused then return finish(room, args, refused) end
   return finish(room, args, {'ok', delete_room(room, args[4])})
 end
 

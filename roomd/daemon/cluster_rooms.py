@@ -52,12 +52,11 @@ from roomd.core import event as ev
 from roomd.core import message as m
 from roomd.core.connection import CreateRoom, JoinRoom
 from roomd.core.event import Event
-from roomd.core.room import Attached, Detached, Effect, Send, room_tag
+from roomd.core.room import Effect, room_tag
 from roomd.core.stats import Stats
-from roomd.daemon.outbox import fan_out
 from roomd.daemon.redis_link import REDIS_FAILED, RedisLink, unavailable
 from roomd.daemon.registry import new_epoch
-from roomd.daemon.session import Session, Sessions
+from roomd.daemon.session import Session, Sessions, perform
 from roomd.errors import CloseCode, ErrorCode, ProtocolError
 
 log = logging.getLogger("roomd.cluster")
@@ -445,26 +444,17 @@ class ClusterRooms:
     # -- effects -----------------------------------------------------------------
 
     def _perform(self, room: SharedRoom, effects: list[Effect | Gap]) -> None:
-        room_id = room.room_id
-        for effect in effects:
-            match effect:
-                case Send(to, event):
-                    fan_out(to, event)  # type: ignore[arg-type]  # the room's handles are Sessions
-                    self.stats.deliveries_out += len(to)
-                case Attached(session):
-                    assert isinstance(session, Session)
-                    session.connection.attached(room_id)
-                case Detached(session):
-                    assert isinstance(session, Session)
-                    session.connection.detached(room_id)
-                case Gap(after, got):
-                    log.warning(
-                        "room %s: events %d..%d lost; closing its members here",
-                        room_tag(room_id),
-                        after + 1,
-                        got - 1,
-                    )
-                    self._close_members(room)
+        # A gap, if any, ends the list (SharedRoom stops there).
+        gap = effects[-1] if effects and isinstance(effects[-1], Gap) else None
+        perform(room.room_id, [e for e in effects if not isinstance(e, Gap)], self.stats)
+        if gap is not None:
+            log.warning(
+                "room %s: events %d..%d lost; closing its members here",
+                room_tag(room.room_id),
+                gap.after + 1,
+                gap.got - 1,
+            )
+            self._close_members(room)
 
 
 def _ignore(reply: ops.Reply) -> None:

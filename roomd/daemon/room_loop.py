@@ -47,11 +47,10 @@ from roomd.core.event import Event
 from roomd.core.expiry import Expiry
 from roomd.core.history import StoredMessage
 from roomd.core.quota import RoomQuota
-from roomd.core.room import Append, Attached, Detached, Effect, Room, Send, room_tag
+from roomd.core.room import Append, Effect, Room, Send, room_tag
 from roomd.core.stats import Stats
 from roomd.daemon.bus import Delete, Kick, Unban
-from roomd.daemon.outbox import fan_out
-from roomd.daemon.session import Session
+from roomd.daemon.session import Session, perform
 from roomd.daemon.writer import StoreWriter, Submission
 from roomd.errors import ErrorCode, ProtocolError
 from roomd.store import RoomStore
@@ -306,18 +305,7 @@ class RoomLoop:
 
     def perform(self, effects: list[Effect]) -> None:
         """Carry out the effects of one room method, in order."""
-        room_id = self.room.room_id
-        for effect in effects:
-            match effect:
-                case Send(to, event):
-                    fan_out(to, event)  # type: ignore[arg-type]  # the room's handles are Sessions
-                    self.stats.deliveries_out += len(to)
-                case Attached(session):
-                    assert isinstance(session, Session)
-                    session.connection.attached(room_id)
-                case Detached(session):
-                    assert isinstance(session, Session)
-                    session.connection.detached(room_id)
+        perform(self.room.room_id, effects, self.stats)
 
     def answer_leftovers(self, inbox_recv: trio.MemoryReceiveChannel[Command]) -> None:
         """Answer commands still queued when the room ended, as if it never existed."""

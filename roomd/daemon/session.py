@@ -12,6 +12,7 @@ frames into `outbox`; whoever closes first sets the close code (`close`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 import attrs
 import trio
@@ -19,8 +20,9 @@ import trio
 from roomd.core.codec import Codec
 from roomd.core.connection import Connection
 from roomd.core.event import Event
+from roomd.core.room import Attached, Detached, Effect, Send
 from roomd.core.stats import Stats
-from roomd.daemon.outbox import Flusher, Outbox, frame_of
+from roomd.daemon.outbox import Flusher, Outbox, fan_out, frame_of
 from roomd.errors import CloseCode
 
 log = logging.getLogger("roomd.session")
@@ -133,3 +135,23 @@ class Sessions:
             await trio.lowlevel.checkpoint()
             return
         await self._all_ended.wait()
+
+
+def perform(room_id: str, effects: Iterable[Effect], stats: Stats) -> None:
+    """Carry out a room's effects on this process's sessions, in order.
+
+    `Send` goes to each addressed session's outbox (encoded once per codec);
+    `Attached` / `Detached` tell the session's connection it is in or out of
+    the room. The room's handles are `Session`s.
+    """
+    for effect in effects:
+        match effect:
+            case Send(to, event):
+                fan_out(to, event)  # type: ignore[arg-type]  # the room's handles are Sessions
+                stats.deliveries_out += len(to)
+            case Attached(session):
+                assert isinstance(session, Session)
+                session.connection.attached(room_id)
+            case Detached(session):
+                assert isinstance(session, Session)
+                session.connection.detached(room_id)
