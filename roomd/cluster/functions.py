@@ -98,6 +98,19 @@ local function finish(room, args, reply)
   return reply
 end
 
+-- A room operation: `apply(room, args)` returns its reply, under the fence and
+-- the memory of operations (keys: the room; args: deadline, op id, then its own).
+local function operation(apply)
+  return function(keys, args)
+    local room = keys[1]
+    local done = begin(room, args)
+    if done then
+      return done
+    end
+    return finish(room, args, apply(room, args))
+  end
+end
+
 local function err(code, message, extra)
   if extra ~= nil then
     return {'err', code, message, extra}
@@ -275,23 +288,20 @@ end
 -- keys: room; args: deadline, op, host ('' none), has key (0/1), key, epoch,
 -- prefix, max_rooms, max_rooms_per_aid, by_api (0/1), rooms elsewhere, hosted
 -- elsewhere (on the cluster's other Redis instances)
-local function create(keys, args)
-  local room = keys[1]
-  local done = begin(room, args)
-  if done then return done end
+local function create(room, args)
   if redis.call('EXISTS', room) == 1 then
-    return finish(room, args, {'exists'})
+    return {'exists'}
   end
   local host, max_rooms, per_aid = args[3], tonumber(args[8]), tonumber(args[9])
   local rooms_elsewhere, hosted_elsewhere = tonumber(args[11] or 0), tonumber(args[12] or 0)
   if max_rooms > 0 and redis.call('ZCARD', 'roomd:rooms') + rooms_elsewhere >= max_rooms then
-    return finish(room, args, err(
-      'tooManyRooms', 'this server holds its limit of ' .. max_rooms .. ' rooms'))
+    return err(
+      'tooManyRooms', 'this server holds its limit of ' .. max_rooms .. ' rooms')
   end
   if args[10] == '0' and host ~= '' and per_aid > 0 and
      tonumber(redis.call('HGET', 'roomd:hosted', host) or '0') + hosted_elsewhere >= per_aid then
-    return finish(room, args, err(
-      'tooManyRooms', "'" .. host .. "' already hosts " .. per_aid .. ' rooms'))
+    return err(
+      'tooManyRooms', "'" .. host .. "' already hosts " .. per_aid .. ' rooms')
   end
   local now = clock_ms()
   redis.call('HSET', room, 'host', host, 'keyEpoch', 0, 'epoch', args[6], 'created', now,
@@ -302,32 +312,29 @@ local function create(keys, args)
   hosted_changed(nil, host)
   redis.call('ZADD', 'roomd:rooms', now, room_id(room))
   redis.call('ZADD', 'roomd:empty', now, room_id(room))
-  return finish(room, args, {'ok', 0, now})
+  return {'ok', 0, now}
 end
 
 -- keys: room; args: deadline, op, conn, aid, public key (CBOR), max_members,
 -- since epoch ('' none), since seq, replay limit
-local function join(keys, args)
-  local room = keys[1]
-  local done = begin(room, args)
-  if done then return done end
+local function join(room, args)
   if redis.call('EXISTS', room) == 0 then
-    return finish(room, args, err('notFound', "no room '" .. room_id(room) .. "'"))
+    return err('notFound', "no room '" .. room_id(room) .. "'")
   end
   local conn, aid, pk, max_members = args[3], args[4], args[5], tonumber(args[6])
   local current = tonumber(redis.call('HGET', room, 'event'))
   if member_aid(room, conn) then
-    return finish(room, args, snapshot(room, current, {}))
+    return snapshot(room, current, {})
   end
   if redis.call('SISMEMBER', room .. ':bans', aid) == 1 then
-    return finish(room, args, err(
-      'forbidden', "'" .. aid .. "' is banned from room '" .. room_id(room) .. "'"))
+    return err(
+      'forbidden', "'" .. aid .. "' is banned from room '" .. room_id(room) .. "'")
   end
   local new_aid = not is_present(room, aid)
   if new_aid then
     if redis.call('ZCARD', room .. ':members') >= max_members then
-      return finish(room, args, err(
-        'roomFull', "room '" .. room_id(room) .. "' is full (" .. max_members .. ' members)'))
+      return err(
+        'roomFull', "room '" .. room_id(room) .. "' is full (" .. max_members .. ' members)')
     end
     redis.call('ZADD', room .. ':members', redis.call('HINCRBY', room, 'joins', 1), aid)
     redis.call('HSET', room .. ':pk', aid, pk)
@@ -357,37 +364,31 @@ local function join(keys, args)
       table.insert(replay, {entry[1], f[2], f[4], f[6]})
     end
   end
-  return finish(room, args, snapshot(room, event, replay))
+  return snapshot(room, event, replay)
 end
 
 -- keys: room; args: deadline, op, conn, reason, asked (1: leaveChatroom)
-local function leave(keys, args)
-  local room = keys[1]
-  local done = begin(room, args)
-  if done then return done end
+local function leave(room, args)
   local conn, reason = args[3], args[4]
   local aid = member_aid(room, conn)
   if not aid then
     if args[5] == '1' then
-      return finish(room, args, err('notMember', "not a member of room '" .. room_id(room) .. "'"))
+      return err('notMember', "not a member of room '" .. room_id(room) .. "'")
     end
-    return finish(room, args, {'ok', 0})
+    return {'ok', 0}
   end
   local gone, new_host = remove_conn(room, conn, aid, clock_ms())
-  return finish(room, args, {'ok', publish(room, {'left', conn, aid, reason, gone, new_host})})
+  return {'ok', publish(room, {'left', conn, aid, reason, gone, new_host})}
 end
 
 -- keys: room; args: deadline, op, conn, history size, key epoch ('' none); body
-local function message(keys, args)
-  local room = keys[1]
-  local done = begin(room, args)
-  if done then return done end
+local function message(room, args)
   local aid, refused = require_member(room, args[3])
-  if refused then return finish(room, args, refused) end
+  if refused then return refused end
   local key_epoch = tonumber(redis.call('HGET', room, 'keyEpoch'))
   if args[5] ~= '' and tonumber(args[5]) ~= key_epoch then
-    return finish(room, args, err(
-      'conflict', "the room's key epoch is " .. key_epoch, key_epoch))
+    return err(
+      'conflict', "the room's key epoch is " .. key_epoch, key_epoch)
   end
   local seq = redis.call('HINCRBY', room, 'seq', 1)
   local now = clock_ms()
@@ -396,98 +397,80 @@ local function message(keys, args)
     redis.call('XADD', room .. ':stream', 'MAXLEN', '=', size, seq .. '-0',
                'a', aid, 't', now, 'b', args[6])
   end
-  return finish(room, args, {'ok', publish(room, {'message', seq, aid, now}, args[6]), seq})
+  return {'ok', publish(room, {'message', seq, aid, now}, args[6]), seq}
 end
 
 -- keys: room; args: deadline, op, conn, typing (0/1)
-local function typing(keys, args)
-  local room = keys[1]
-  local done = begin(room, args)
-  if done then return done end
+local function typing(room, args)
   local aid, refused = require_member(room, args[3])
-  if refused then return finish(room, args, refused) end
-  return finish(room, args, {'ok', publish(room, {'typing', aid, tonumber(args[4])})})
+  if refused then return refused end
+  return {'ok', publish(room, {'typing', aid, tonumber(args[4])})}
 end
 
 -- keys: room; args: deadline, op, conn; body
-local function reaction(keys, args)
-  local room = keys[1]
-  local done = begin(room, args)
-  if done then return done end
+local function reaction(room, args)
   local aid, refused = require_member(room, args[3])
-  if refused then return finish(room, args, refused) end
-  return finish(room, args, {'ok', publish(room, {'reaction', aid}, args[4])})
+  if refused then return refused end
+  return {'ok', publish(room, {'reaction', aid}, args[4])}
 end
 
 -- keys: room; args: deadline, op, conn, max_members, body, then each target AID
-local function signal(keys, args)
-  local room = keys[1]
-  local done = begin(room, args)
-  if done then return done end
+local function signal(room, args)
   local aid, refused = require_member(room, args[3])
-  if refused then return finish(room, args, refused) end
+  if refused then return refused end
   local max_members = tonumber(args[4])
   if #args - 5 > max_members then
-    return finish(room, args, err(
-      'badRequest', 'a signal batch holds at most ' .. max_members .. ' entries'))
+    return err(
+      'badRequest', 'a signal batch holds at most ' .. max_members .. ' entries')
   end
   local targets = {}
   for i = 6, #args do
     if not is_present(room, args[i]) then
-      return finish(room, args, not_present(room, args[i]))
+      return not_present(room, args[i])
     end
     table.insert(targets, args[i])
   end
-  return finish(room, args, {'ok', publish(room, {'signal', aid, targets}, args[5])})
+  return {'ok', publish(room, {'signal', aid, targets}, args[5])}
 end
 
 -- keys: room; args: deadline, op, conn, key epoch ('' none), key
-local function update_key(keys, args)
-  local room = keys[1]
-  local done = begin(room, args)
-  if done then return done end
+local function update_key(room, args)
   local aid, refused = require_host(room, args[3])
-  if refused then return finish(room, args, refused) end
+  if refused then return refused end
   local opened = tonumber(redis.call('HGET', room, 'keyEpoch')) + 1
   if args[4] ~= '' and tonumber(args[4]) ~= opened then
-    return finish(room, args, err('conflict', 'the next key epoch is ' .. opened, opened - 1))
+    return err('conflict', 'the next key epoch is ' .. opened, opened - 1)
   end
   redis.call('HSET', room, 'key', args[5], 'keyEpoch', opened)
-  return finish(room, args, {'ok', publish(room, {'key', aid, opened}, args[5])})
+  return {'ok', publish(room, {'key', aid, opened}, args[5])}
 end
 
 -- keys: room; args: deadline, op, conn, to
-local function transfer_host(keys, args)
-  local room = keys[1]
-  local done = begin(room, args)
-  if done then return done end
+local function transfer_host(room, args)
   local _, refused = require_host(room, args[3])
-  if refused then return finish(room, args, refused) end
+  if refused then return refused end
   if not is_present(room, args[4]) then
-    return finish(room, args, not_present(room, args[4]))
+    return not_present(room, args[4])
   end
   set_host(room, args[4])
-  return finish(room, args, {'ok', publish(room, {'host', args[4]})})
+  return {'ok', publish(room, {'host', args[4]})}
 end
 
 -- keys: room; args: deadline, op, conn ('' for the server API), aid, ban (0/1)
-local function kick(keys, args)
-  local room = keys[1]
-  local done = begin(room, args)
-  if done then return done end
+local function kick(room, args)
   if redis.call('EXISTS', room) == 0 then
-    return finish(room, args, err('notFound', "no room '" .. room_id(room) .. "'"))
+    return err('notFound', "no room '" .. room_id(room) .. "'")
   end
   local conn, aid, ban = args[3], args[4], args[5] == '1'
   if conn ~= '' then
     local host, refused = require_host(room, conn)
-    if refused then return finish(room, args, refused) end
+    if refused then return refused end
     if aid == host then
-      return finish(room, args, err(
-        'badRequest', 'the host cannot kick itself; use leaveChatroom'))
+      return err(
+        'badRequest', 'the host cannot kick itself; use leaveChatroom')
     end
     if not is_present(room, aid) then
-      return finish(room, args, not_present(room, aid))
+      return not_present(room, aid)
     end
   end
   if ban then
@@ -495,34 +478,28 @@ local function kick(keys, args)
   end
   if not is_present(room, aid) then
     if ban then
-      return finish(room, args, {'ok', tonumber(redis.call('HGET', room, 'event'))})
+      return {'ok', tonumber(redis.call('HGET', room, 'event'))}
     end
-    return finish(room, args, not_present(room, aid))
+    return not_present(room, aid)
   end
-  return finish(room, args, {'ok', kick_aid(room, aid, clock_ms())})
+  return {'ok', kick_aid(room, aid, clock_ms())}
 end
 
 -- keys: room; args: deadline, op, conn ('' for the server API), aid
-local function unban(keys, args)
-  local room = keys[1]
-  local done = begin(room, args)
-  if done then return done end
+local function unban(room, args)
   local refused = require_room_and_host(room, args[3])
-  if refused then return finish(room, args, refused) end
+  if refused then return refused end
   if redis.call('SREM', room .. ':bans', args[4]) == 0 then
-    return finish(room, args, err('notFound', "'" .. args[4] .. "' is not banned from this room"))
+    return err('notFound', "'" .. args[4] .. "' is not banned from this room")
   end
-  return finish(room, args, {'ok', tonumber(redis.call('HGET', room, 'event'))})
+  return {'ok', tonumber(redis.call('HGET', room, 'event'))}
 end
 
 -- keys: room; args: deadline, op, conn ('' for the server API), reason
-local function delete(keys, args)
-  local room = keys[1]
-  local done = begin(room, args)
-  if done then return done end
+local function delete(room, args)
   local refused = require_room_and_host(room, args[3])
-  if refused then return finish(room, args, refused) end
-  return finish(room, args, {'ok', delete_room(room, args[4])})
+  if refused then return refused end
+  return {'ok', delete_room(room, args[4])}
 end
 
 -- keys: none; args: room_ttl_ms, at most how many; deletes rooms empty for the ttl
@@ -587,18 +564,18 @@ local function restore(keys, args)
 end
 
 redis.register_function('roomd_restore', restore)
-redis.register_function('roomd_create', create)
-redis.register_function('roomd_join', join)
-redis.register_function('roomd_leave', leave)
-redis.register_function('roomd_message', message)
-redis.register_function('roomd_typing', typing)
-redis.register_function('roomd_reaction', reaction)
-redis.register_function('roomd_signal', signal)
-redis.register_function('roomd_update_key', update_key)
-redis.register_function('roomd_transfer_host', transfer_host)
-redis.register_function('roomd_kick', kick)
-redis.register_function('roomd_unban', unban)
-redis.register_function('roomd_delete', delete)
+redis.register_function('roomd_create', operation(create))
+redis.register_function('roomd_join', operation(join))
+redis.register_function('roomd_leave', operation(leave))
+redis.register_function('roomd_message', operation(message))
+redis.register_function('roomd_typing', operation(typing))
+redis.register_function('roomd_reaction', operation(reaction))
+redis.register_function('roomd_signal', operation(signal))
+redis.register_function('roomd_update_key', operation(update_key))
+redis.register_function('roomd_transfer_host', operation(transfer_host))
+redis.register_function('roomd_kick', operation(kick))
+redis.register_function('roomd_unban', operation(unban))
+redis.register_function('roomd_delete', operation(delete))
 redis.register_function('roomd_expire', expire)
 redis.register_function('roomd_sweep', sweep)
 """
