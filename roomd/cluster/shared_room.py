@@ -27,7 +27,7 @@ import attrs
 from roomd.cluster import ops
 from roomd.core import event as ev
 from roomd.core import message as m
-from roomd.core.history import HistoryPolicy, StoredMessage, missed_count, recovered
+from roomd.core.history import HistoryPolicy, recovery
 from roomd.core.room import Attached, Detached, Effect, Send
 
 Handle = Hashable
@@ -223,20 +223,13 @@ class SharedRoom:
         return effects
 
     def _join_replies(self, snapshot: ops.Snapshot, joining: _Joining, now_ms: int) -> list[Effect]:
-        since = joining.since
-        replay: list[StoredMessage] = []
-        recovery: bool | None = None
-        if since is not None:
-            missed = missed_count(self.history, since, snapshot.epoch, snapshot.seq)
-            if missed is not None and missed > 0:
-                oldest = self.history.oldest_ts(now_ms)
-                stored = [message for message in snapshot.replay if message.ts >= oldest]
-                recovery = recovered(since, missed, stored)
-                replay = stored if recovery else []
-            else:
-                recovery = missed == 0
+        oldest = self.history.oldest_ts(now_ms)
+        stored = [message for message in snapshot.replay if message.ts >= oldest]
+        recovered, replay = recovery(
+            self.history, joining.since, snapshot.epoch, snapshot.seq, stored
+        )
         handle = joining.handle
-        effects: list[Effect] = [Send((handle,), self._join_success(snapshot, recovery, joining))]
+        effects: list[Effect] = [Send((handle,), self._join_success(snapshot, recovered, joining))]
         effects.extend(Send((handle,), message.event()) for message in replay)
         return effects
 

@@ -14,7 +14,7 @@ import attrs
 
 from roomd.core import event as ev
 from roomd.core.event import Event
-from roomd.core.message import Position
+from roomd.core.message import GetHistory, Position
 
 
 @attrs.frozen(slots=True)
@@ -95,3 +95,34 @@ def recovered(since: Position, missed: int, messages: list[StoredMessage]) -> bo
     return len(messages) == missed and all(
         message.seq == since.seq + offset for offset, message in enumerate(messages, 1)
     )
+
+
+def recovery(
+    policy: HistoryPolicy,
+    since: Position | None,
+    epoch: str,
+    last_seq: int,
+    stored: list[StoredMessage],
+) -> tuple[bool | None, list[StoredMessage]]:
+    """Return a join's `recovered` and the messages it replays.
+
+    `stored` is what history returned after `since` (up to `missed_count`).
+    `recovered` is None without `since`, True when the client is up to date
+    or every missed message is there (then they are the replay), else False.
+    """
+    if since is None:
+        return None, []
+    missed = missed_count(policy, since, epoch, last_seq)
+    if missed is None or missed == 0:
+        return missed == 0, []
+    if recovered(since, missed, stored):
+        return True, stored
+    return False, []
+
+
+def history_page(room_id: str, epoch: str, msg: GetHistory, newest: list[StoredMessage]) -> Event:
+    """Return the `history` reply to `msg` from the newest `limit + 1` messages before `before`."""
+    more = len(newest) > msg.limit
+    page = newest[1:] if more else newest
+    entries = [message.page_entry() for message in page]
+    return ev.history(room_id, epoch, entries, more, msg.id)

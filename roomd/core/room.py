@@ -40,7 +40,13 @@ import attrs
 from roomd.core import event as ev
 from roomd.core import message as m
 from roomd.core.event import Event
-from roomd.core.history import HistoryPolicy, StoredMessage, missed_count, recovered
+from roomd.core.history import (
+    HistoryPolicy,
+    StoredMessage,
+    history_page,
+    missed_count,
+    recovery,
+)
 from roomd.errors import ErrorCode, ProtocolError
 
 Handle = Hashable
@@ -300,15 +306,8 @@ class Room:
             raise ProtocolError(
                 ErrorCode.FORBIDDEN, f"'{aid}' is banned from room '{self.room_id}'"
             )
-        replay: list[StoredMessage] = []
-        recovery: bool | None = None
-        if since is not None:
-            missed = missed_count(self.history, since, self.epoch, self.seq)
-            if missed is not None and missed > 0:
-                recovery = recovered(since, missed, stored or [])
-                replay = (stored or []) if recovery else []
-            else:
-                recovery = missed == 0
+        recovered, replay = recovery(self.history, since, self.epoch, self.seq, stored or [])
+
         member = self.members.get(aid)
         effects: list[Effect] = []
         if member is None:
@@ -329,7 +328,7 @@ class Room:
         self._all_conns = None
         self.empty_since = None
         effects.append(Attached(conn))
-        effects.append(Send((conn,), self._join_success(aid, recovery, request_id)))
+        effects.append(Send((conn,), self._join_success(aid, recovered, request_id)))
         effects.extend(Send((conn,), message.event()) for message in replay)
         if new_host:
             effects.append(Send(self.connections(), self._host_updated()))
@@ -529,7 +528,4 @@ class Room:
 
     def history_page(self, msg: m.GetHistory, newest: list[StoredMessage]) -> Event:
         """Return the `history` reply from the newest `limit + 1` messages before `before`."""
-        more = len(newest) > msg.limit
-        page = newest[1:] if more else newest
-        entries = [message.page_entry() for message in page]
-        return ev.history(self.room_id, self.epoch, entries, more, msg.id)
+        return history_page(self.room_id, self.epoch, msg, newest)

@@ -96,7 +96,10 @@ class ClusterControl:
         rooms = self.cluster.rooms.values()
         members = sum(len(set(room.aids.values())) for room in rooms)
         return LiveCounts(
-            len(self.sessions.open), len(self.cluster.rooms), members, self.cluster.subscribed
+            len(self.sessions.open),
+            len(self.cluster.rooms),
+            members,
+            self.cluster.subscription_count,
         )
 
     async def create_room(

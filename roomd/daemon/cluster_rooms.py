@@ -52,6 +52,7 @@ from roomd.core import event as ev
 from roomd.core import message as m
 from roomd.core.connection import CreateRoom, JoinRoom
 from roomd.core.event import Event
+from roomd.core.history import StoredMessage, history_page
 from roomd.core.room import Effect, room_tag
 from roomd.core.stats import Stats
 from roomd.daemon.redis_link import REDIS_FAILED, RedisLink, unavailable
@@ -120,7 +121,7 @@ class ClusterRooms:
         return self.links[spread(room_id, len(self.links))]
 
     @property
-    def subscribed(self) -> int:
+    def subscription_count(self) -> int:
         """How many rooms this node is subscribed to, over every Redis."""
         return sum(len(link.subscribed) for link in self.links)
 
@@ -413,8 +414,7 @@ class ClusterRooms:
     async def history_page(self, room_id: str, epoch: str, prefix: str, msg: m.GetHistory) -> Event:
         """Return the `history` reply to `msg`, read from the room's stream."""
         policy = self.config.history_policy()
-        entries: list[Event] = []
-        more = False
+        newest: list[StoredMessage] = []
         if policy.on:
             top = "+" if msg.before is None else f"{msg.before - 1}-0"
             raw: tuple[StreamEntry, ...] = ()
@@ -435,11 +435,8 @@ class ClusterRooms:
                 )
                 for entry in raw
             ]
-            stored = [message for message in reversed(stored) if message.ts >= oldest]
-            more = len(stored) > msg.limit
-            page = stored[1:] if more else stored
-            entries = [message.page_entry() for message in page]
-        return ev.history(room_id, epoch, entries, more, msg.id)
+            newest = [message for message in reversed(stored) if message.ts >= oldest]
+        return history_page(room_id, epoch, msg, newest)
 
     # -- effects -----------------------------------------------------------------
 
