@@ -8,10 +8,10 @@ IP's 16 bytes, with one counter per worker, under one lock. A worker that
 dies leaves its column behind; the supervisor zeroes it (`forget_worker`)
 before it starts the worker again, so a crash never leaks places.
 
-The table has `SLOTS` entries (each IP that ever connected holds one until
-the table is rebuilt, which never happens: a slot whose counts are all zero
-is reused by the next new IP that probes past it). When no slot is left, a
-new IP is refused, as if at its limit.
+The table has `SLOTS` entries. An IP with no connection left gives its slot
+back when no probe chain runs past it, and otherwise leaves it for the next
+new IP that probes past it. When no slot is left, a new IP is refused, as if
+at its limit.
 """
 
 from __future__ import annotations
@@ -68,6 +68,30 @@ class SharedIpCounts:
             slot = self._find(_key(ip), claim=False)
             if slot is not None and self._counts[slot * self.workers + self.index] > 0:
                 self._counts[slot * self.workers + self.index] -= 1
+                self._tidy(slot)
+
+    def used_slots(self) -> int:
+        """Return how many slots hold a key (IPs connected now, and some that were)."""
+        with self._lock:
+            return sum(1 for slot in range(self.slots) if not self._unused(slot))
+
+    def _unused(self, slot: int) -> bool:
+        return bytes(self._keys[slot * KEY : (slot + 1) * KEY]) == bytes(KEY)
+
+    def _tidy(self, slot: int) -> None:
+        """Free `slot` and the idle slots before it when no chain runs past them.
+
+        A slot may be emptied only when the one after it is unused: a key
+        further along a probe chain would otherwise be lost. So tables stay
+        short-chained however many IPs came and went.
+        """
+        while (
+            self._total(slot) == 0
+            and not self._unused(slot)
+            and self._unused((slot + 1) % self.slots)
+        ):
+            self._keys[slot * KEY : (slot + 1) * KEY] = bytes(KEY)
+            slot = (slot - 1) % self.slots
 
     def count(self, ip: str) -> int:
         """Return `ip`'s open connections over every worker."""
