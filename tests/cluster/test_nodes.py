@@ -362,6 +362,7 @@ def test_while_redis_is_down_operations_are_refused_and_service_comes_back(
     assert (refused["code"], refused["id"]) == ("unavailable", 5)
     assert refused["retryAfter"] > 0
     assert time.monotonic() - asked < 1.5
+    assert api(n1, "GET", f"/v1/rooms/{room_id}") == 503  # SERVER_API.md: `unavailable`
     redis_server.start()
     # The nodes notice the empty Redis, restore the room and close their members 1012.
     for ws in (alice, bob):
