@@ -285,6 +285,20 @@ local function kick_aid(room, aid, now)
   return publish(room, {'kicked', aid, new_host, conns})
 end
 
+-- Store a new, empty room (its creation time is now, on Redis's clock); return that time.
+local function new_room(room, host, key, key_epoch, epoch, prefix, seq)
+  local now = clock_ms()
+  redis.call('HSET', room, 'host', host, 'keyEpoch', key_epoch, 'epoch', epoch, 'created', now,
+             'empty', now, 'seq', seq, 'event', 0, 'prefix', prefix, 'joins', 0)
+  if key then
+    redis.call('HSET', room, 'key', key)
+  end
+  hosted_changed(nil, host)
+  redis.call('ZADD', 'roomd:rooms', now, room_id(room))
+  redis.call('ZADD', 'roomd:empty', now, room_id(room))
+  return now
+end
+
 -- keys: room; args: deadline, op, host ('' none), has key (0/1), key, epoch,
 -- prefix, max_rooms, max_rooms_per_aid, by_api (0/1), rooms elsewhere, hosted
 -- elsewhere (on the cluster's other Redis instances)
@@ -303,16 +317,8 @@ local function create(room, args)
     return err(
       'tooManyRooms', "'" .. host .. "' already hosts " .. per_aid .. ' rooms')
   end
-  local now = clock_ms()
-  redis.call('HSET', room, 'host', host, 'keyEpoch', 0, 'epoch', args[6], 'created', now,
-             'empty', now, 'seq', 0, 'event', 0, 'prefix', args[7], 'joins', 0)
-  if args[4] == '1' then
-    redis.call('HSET', room, 'key', args[5])
-  end
-  hosted_changed(nil, host)
-  redis.call('ZADD', 'roomd:rooms', now, room_id(room))
-  redis.call('ZADD', 'roomd:empty', now, room_id(room))
-  return {'ok', 0, now}
+  local key = args[4] == '1' and args[5] or nil
+  return {'ok', 0, new_room(room, host, key, 0, args[6], args[7], 0)}
 end
 
 -- keys: room; args: deadline, op, conn, aid, public key (CBOR), max_members,
@@ -550,16 +556,8 @@ local function restore(keys, args)
     end
     return {'exists'}
   end
-  local now = clock_ms()
-  local host = args[1]
-  redis.call('HSET', room, 'host', host, 'keyEpoch', args[4], 'epoch', args[5], 'created', now,
-             'empty', now, 'seq', seq, 'event', 0, 'prefix', args[6], 'joins', 0)
-  if args[2] == '1' then
-    redis.call('HSET', room, 'key', args[3])
-  end
-  hosted_changed(nil, host)
-  redis.call('ZADD', 'roomd:rooms', now, room_id(room))
-  redis.call('ZADD', 'roomd:empty', now, room_id(room))
+  local key = args[2] == '1' and args[3] or nil
+  new_room(room, args[1], key, args[4], args[5], args[6], seq)
   return {'ok', 0}
 end
 
