@@ -1,0 +1,1 @@
+"""`roomd chat`: a terminal chat on the SDK, end-to-end encrypted as E2EE.md says."""
