@@ -19,8 +19,8 @@ import logging
 import random
 import secrets
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeVar
 
 import anyio
@@ -600,7 +600,7 @@ async def connect(
     """
     events_send, events_recv = anyio.create_memory_object_stream[Event](event_buffer)
     client = Client(url, token, ssl_context, backoff or Backoff(), events_send, events_recv)
-    try:
+    with unwrapped_errors():
         async with anyio.create_task_group() as tasks, events_send, events_recv:
             await tasks.start(client._run)
             try:
@@ -608,8 +608,14 @@ async def connect(
             finally:
                 client._stop(ConnectionLost("the client is closed"))
                 tasks.cancel_scope.cancel()
+
+
+@contextmanager
+def unwrapped_errors() -> Iterator[None]:
+    """Re-raise the one error a task group wraps as it was: the application's own."""
+    try:
+        yield
     except BaseExceptionGroup as group:
-        # The task group wraps whatever the application's block raised: hand it back as it was.
         if len(group.exceptions) == 1:
             raise group.exceptions[0] from None
         raise

@@ -1,0 +1,374 @@
+"""One end-to-end-encrypted room as one client sees it: the sans-I/O half of E2EE.md.
+
+Theory of operation. A `SecureRoom` takes the room's events in the order roomd
+sent them (`receive`) and returns what the application sees (plaintext
+messages and reactions, key rotations, admissions, and the presence events as
+they came) and what the shell must send (`Signals`, `UpdateKey`). It holds the
+room keys of every epoch it learnt, the invite secrets it knows, and, while
+this client is host, the AIDs it admitted. It never awaits and never reads a
+clock: `now_ms` comes in.
+
+- Every joiner knocks to the host with each invite secret it holds; a host
+  admits a knock that matches a secret it knows and delivers, in one batch,
+  every key it holds from the knock's epoch on (at most `DELIVERED_EPOCHS`).
+- The host rotates (new room key and invite secret, `UpdateKey` of the next
+  epoch) when an admitted member leaves or is kicked, when it becomes host,
+  and when it is host of a room whose current key it does not hold. Once
+  `roomKeyUpdated` confirms the rotation, it delivers the new key to every
+  admitted member still present.
+- A delivery is taken only from the current host, sealed by the public key
+  the room lists for it. A message whose key is not held yet is reported
+  `Unreadable` and read (reported as a `Message` with the same `seq`) when the
+  key arrives.
+"""
+
+from __future__ import annotations
+
+import attrs
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from roomd.client import e2ee
+from roomd.client.events import (
+    Event,
+    HostUpdated,
+    Joined,
+    NewMessage,
+    RoomKeyUpdated,
+    Signal,
+    UserJoined,
+    UserLeft,
+)
+from roomd.client.plaintext import Reaction, Text, decode_body
+
+# A host delivers at most this many of the newest epochs to a knocking member.
+DELIVERED_EPOCHS = 16
+# A joiner knocks with at most this many of the invite secrets it holds.
+KNOCK_SECRETS = 4
+ROTATING_REASONS = frozenset({"left", "kicked"})
+
+
+@attrs.frozen
+class Message:
+    """A decrypted text message of a room."""
+
+    room_id: str
+    seq: int
+    message_id: str
+    sender: str
+    text: str
+    sent_at: int
+    key_epoch: int
+
+
+@attrs.frozen
+class ReactionMessage:
+    """A decrypted reaction: `sender` reacted to `message_id` (or took it back: `remove`)."""
+
+    room_id: str
+    seq: int
+    sender: str
+    message_id: str
+    emoji: str
+    remove: bool
+
+
+@attrs.frozen
+class Unreadable:
+    """A message whose room key this client does not hold (yet), or that failed to open."""
+
+    room_id: str
+    seq: int
+    sender: str
+    key_epoch: int
+    reason: str
+
+
+@attrs.frozen
+class KeyRotated:
+    """The room moved to `key_epoch`; `readable` says whether this client holds its key."""
+
+    room_id: str
+    key_epoch: int
+    by: str
+    readable: bool
+
+
+@attrs.frozen
+class Admitted:
+    """As host, this client admitted `aid`: its knock proved an invite secret."""
+
+    room_id: str
+    aid: str
+
+
+SecureEvent = Message | ReactionMessage | Unreadable | KeyRotated | Admitted | Event
+
+
+@attrs.frozen
+class Signals:
+    """Send these `(to, payload)` signals in one `signal.signals` batch."""
+
+    room_id: str
+    signals: tuple[tuple[str, bytes], ...]
+
+
+@attrs.frozen
+class UpdateKey:
+    """Send `updateRoomKey` with this epoch and sealed key (a rotation, host only)."""
+
+    room_id: str
+    key_epoch: int
+    sealed: bytes
+
+
+Action = Signals | UpdateKey
+
+
+@attrs.frozen
+class Outcome:
+    """What one input to a `SecureRoom` gives the application and the shell."""
+
+    events: tuple[SecureEvent, ...] = ()
+    actions: tuple[Action, ...] = ()
+
+
+@attrs.frozen
+class _Rotation:
+    key_epoch: int
+    room_key: bytes
+    invite_secret: bytes
+
+
+@attrs.define
+class SecureRoom:
+    """The keys, secrets and admissions of one room, fed its events in roomd's order."""
+
+    room_id: str
+    me: str
+    device: X25519PrivateKey
+    secrets: list[bytes] = attrs.field(factory=list)
+    host: str = ""
+    members: dict[str, bytes | None] = attrs.field(factory=dict)
+    key_epoch: int = 0
+    keys: dict[int, bytes] = attrs.field(factory=dict)
+    admitted: set[str] = attrs.field(factory=set)
+    _rotation: _Rotation | None = None
+    _held: dict[int, list[NewMessage]] = attrs.field(factory=dict)
+
+    @property
+    def public_key(self) -> bytes:
+        """This client's device public key, the one it joins with."""
+        return e2ee.public_bytes(self.device)
+
+    @property
+    def invite_secret(self) -> bytes | None:
+        """The newest invite secret this client knows: the one to put in an invite link."""
+        return self.secrets[-1] if self.secrets else None
+
+    def current_key(self) -> tuple[int, bytes] | None:
+        """Return the room's current epoch and its key, or None while the key is not held."""
+        key = self.keys.get(self.key_epoch)
+        return None if key is None else (self.key_epoch, key)
+
+    def receive(self, event: Event) -> Outcome:
+        """Return what `event`, the room's next event, shows and sets off."""
+        match event:
+            case Joined():
+                return self._joined(event)
+            case NewMessage():
+                return Outcome(self._read(event))
+            case Signal():
+                return self._signal(event)
+            case RoomKeyUpdated():
+                return self._key_updated(event)
+            case UserJoined(aid=aid, public_key=public_key):
+                self.members.setdefault(aid, public_key)
+            case UserLeft(aid=aid, reason=reason):
+                return self._left(event, aid, reason)
+            case HostUpdated(host=host):
+                return self._host_updated(event, host)
+        return Outcome((event,))
+
+    def key_epoch_refused(self, current: int) -> Outcome:
+        """roomd says the room is at `current`: a message or a rotation named another epoch.
+
+        A refused rotation starts again from `current`; a refused message is
+        re-encrypted by the shell once `current_key` is not None.
+        """
+        self.key_epoch = max(self.key_epoch, current)
+        if self._rotation is not None and self.host == self.me:
+            self._rotation = None
+            return Outcome(actions=(self._rotate(),))
+        return Outcome()
+
+    def rotation_failed(self) -> None:
+        """The shell could not send the rotation (the connection dropped); forget it."""
+        self._rotation = None
+
+    # -- handlers ----------------------------------------------------------------------
+
+    def _joined(self, event: Joined) -> Outcome:
+        previous_host = self.host
+        self.host = event.host
+        self.members = {m.aid: m.public_key for m in event.members}
+        self.key_epoch = max(self.key_epoch, event.key_epoch)
+        if event.encrypted_room_key is not None and event.key_epoch not in self.keys:
+            self._open_sealed(event.key_epoch, event.encrypted_room_key)
+        if self.host != self.me:
+            return Outcome((event,), self._knock())
+        if previous_host != self.me:
+            self.admitted = {self.me}
+        if self.current_key() is None and self._rotation is None:
+            return Outcome((event,), (self._rotate(),))
+        return Outcome((event,))
+
+    def _left(self, event: UserLeft, aid: str, reason: str) -> Outcome:
+        self.members.pop(aid, None)
+        if reason not in ROTATING_REASONS or aid not in self.admitted:
+            # A disconnect is not leaving: the member stays admitted and comes back.
+            return Outcome((event,))
+        self.admitted.discard(aid)
+        if self.host == self.me and self._rotation is None:
+            return Outcome((event,), (self._rotate(),))
+        return Outcome((event,))
+
+    def _host_updated(self, event: HostUpdated, host: str) -> Outcome:
+        previous, self.host = self.host, host
+        if host != self.me:
+            return Outcome((event,), self._knock())
+        if previous == self.me:
+            return Outcome((event,))
+        self.admitted = {self.me}
+        if self._rotation is not None:
+            return Outcome((event,))
+        return Outcome((event,), (self._rotate(),))
+
+    def _key_updated(self, event: RoomKeyUpdated) -> Outcome:
+        self.key_epoch = max(self.key_epoch, event.key_epoch)
+        rotation = self._rotation
+        if rotation is not None and event.by == self.me and event.key_epoch == rotation.key_epoch:
+            self._rotation = None
+            self.keys[rotation.key_epoch] = rotation.room_key
+            self.secrets.append(rotation.invite_secret)
+            deliveries = tuple(
+                (aid, self._delivery(aid, rotation.key_epoch))
+                for aid in self.members
+                if aid in self.admitted and aid != self.me and self.members[aid] is not None
+            )
+            rotated = KeyRotated(self.room_id, event.key_epoch, event.by, True)
+            events = (rotated, *self._release(rotation.key_epoch))
+            return Outcome(events, (Signals(self.room_id, deliveries),) if deliveries else ())
+        if event.key_epoch not in self.keys:
+            self._open_sealed(event.key_epoch, event.encrypted_room_key)
+        readable = event.key_epoch in self.keys
+        events = (KeyRotated(self.room_id, event.key_epoch, event.by, readable),)
+        return Outcome(events + self._release(event.key_epoch))
+
+    def _signal(self, event: Signal) -> Outcome:
+        try:
+            kind = e2ee.payload_kind(event.payload)
+            if kind == e2ee.KEY_DELIVERY:
+                return self._delivered(event)
+            return self._knocked(event)
+        except e2ee.E2EEError:
+            return Outcome()  # a bad signal is ignored, as E2EE.md says
+
+    def _delivered(self, event: Signal) -> Outcome:
+        if event.sender != self.host:
+            return Outcome()
+        delivery = e2ee.open_delivery(self.device, self.room_id, event.payload)
+        if delivery.sender_public != self.members.get(self.host):
+            return Outcome()
+        self.keys.setdefault(delivery.epoch, delivery.room_key)
+        return Outcome(self._release(delivery.epoch))
+
+    def _knocked(self, event: Signal) -> Outcome:
+        public_key = self.members.get(event.sender)
+        if self.host != self.me or public_key is None:
+            return Outcome()
+        knock = e2ee.read_knock(event.payload)
+        if not any(
+            e2ee.knock_matches(knock, secret, self.room_id, event.sender, public_key)
+            for secret in self.secrets
+        ):
+            return Outcome()
+        first_new = self.admitted.isdisjoint({event.sender})
+        self.admitted.add(event.sender)
+        newest = max(self.keys, default=-1)
+        epochs = [
+            epoch
+            for epoch in sorted(self.keys)
+            if epoch >= knock.next_epoch and epoch > newest - DELIVERED_EPOCHS
+        ]
+        deliveries = tuple((event.sender, self._delivery(event.sender, e)) for e in epochs)
+        events = (Admitted(self.room_id, event.sender),) if first_new else ()
+        return Outcome(events, (Signals(self.room_id, deliveries),) if deliveries else ())
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _read(self, message: NewMessage) -> tuple[SecureEvent, ...]:
+        epoch = message.key_epoch or 0
+        if epoch not in self.keys:
+            self._held.setdefault(epoch, []).append(message)
+        return (self.read(message),)
+
+    def read(self, message: NewMessage) -> Message | ReactionMessage | Unreadable:
+        """Return `message` decrypted, or `Unreadable` (a history page's messages, say)."""
+        epoch = message.key_epoch or 0
+        key = self.keys.get(epoch)
+        if key is None:
+            return Unreadable(self.room_id, message.seq, message.sender, epoch, "no key yet")
+        try:
+            body = decode_body(
+                e2ee.decrypt_message(
+                    key, self.room_id, message.sender, epoch, message.iv or b"", message.ciphertext
+                )
+            )
+        except (e2ee.E2EEError, ValueError):
+            return Unreadable(self.room_id, message.seq, message.sender, epoch, "cannot open")
+        if isinstance(body, Text):
+            return Message(
+                self.room_id,
+                message.seq,
+                message.message_id,
+                message.sender,
+                body.text,
+                body.sent_at,
+                epoch,
+            )
+        assert isinstance(body, Reaction)
+        return ReactionMessage(
+            self.room_id, message.seq, message.sender, body.message_id, body.emoji, body.remove
+        )
+
+    def _release(self, epoch: int) -> tuple[SecureEvent, ...]:
+        return tuple(self.read(message) for message in self._held.pop(epoch, []))
+
+    def _open_sealed(self, epoch: int, sealed: bytes) -> None:
+        for secret in reversed(self.secrets):
+            try:
+                self.keys[epoch] = e2ee.open_room_key(secret, self.room_id, epoch, sealed)
+                return
+            except e2ee.E2EEError:
+                continue
+
+    def _knock(self) -> tuple[Action, ...]:
+        next_epoch = max(self.keys, default=-1) + 1
+        knocks = tuple(
+            (self.host, e2ee.knock(secret, self.room_id, self.me, self.public_key, next_epoch))
+            for secret in self.secrets[-KNOCK_SECRETS:]
+        )
+        return (Signals(self.room_id, knocks),) if knocks else ()
+
+    def _rotate(self) -> UpdateKey:
+        rotation = _Rotation(self.key_epoch + 1, e2ee.new_secret(), e2ee.new_secret())
+        self._rotation = rotation
+        sealed = e2ee.seal_room_key(
+            rotation.invite_secret, self.room_id, rotation.key_epoch, rotation.room_key
+        )
+        return UpdateKey(self.room_id, rotation.key_epoch, sealed)
+
+    def _delivery(self, aid: str, epoch: int) -> bytes:
+        recipient = self.members[aid]
+        assert recipient is not None
+        return e2ee.deliver_key(self.device, recipient, self.room_id, epoch, self.keys[epoch])

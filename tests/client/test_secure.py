@@ -1,0 +1,291 @@
+"""Encrypted rooms end to end: SDK clients and a relay-side observer on a real `roomd serve`.
+
+What roomd relays and stores must hold no plaintext; only invited members get
+keys; a kicked member cannot read what follows the rotation; a member back from
+an absence catches up on the epochs it missed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import anyio
+import attrs
+import pytest
+
+from roomd.client.client import Client, RequestError, connect
+from roomd.client.events import Event, NewMessage, Signal, UserLeft
+from roomd.client.secure import SecureClient, connect_secure
+from roomd.client.secure_room import (
+    Admitted,
+    KeyRotated,
+    Message,
+    ReactionMessage,
+    SecureRoom,
+    Unreadable,
+)
+from tests.e2e_support import RoomdProcess, roomd_processes, token
+
+pytestmark = pytest.mark.e2e
+
+Start = Callable[..., RoomdProcess]
+WAIT = 10.0
+SECRET_WORDS = ["attack at dawn", "the vault code is 4711", "bring the 🍰", "after the kick"]
+
+
+@pytest.fixture
+def roomd(tmp_path: Path) -> Iterator[RoomdProcess]:
+    """A roomd process with history on, in `tmp_path`."""
+    for start in roomd_processes(tmp_path):
+        yield start()
+
+
+T = TypeVar("T")
+
+
+async def until(client: SecureClient, kind: type[T], test: Callable[[T], bool] = bool) -> T:
+    """Return the next event of `kind` on `client` that passes `test`, within `WAIT`."""
+    with anyio.fail_after(WAIT):
+        while True:
+            event = await client.next_event(kind)
+            assert isinstance(event, kind)
+            if test(event):
+                return event
+
+
+def store_bytes(data_dir: Path) -> bytes:
+    """Return every byte of roomd's SQLite files (database, journal, WAL) in `data_dir`."""
+    return b"".join(path.read_bytes() for path in sorted(data_dir.rglob("*sqlite*")))
+
+
+async def collect_raw(client: Client, into: list[Event]) -> None:
+    """Append every event the raw (relay-side) client receives to `into`."""
+    async for event in client.events():
+        into.append(event)
+
+
+async def test_encrypted_conversation_shows_roomd_only_blobs(roomd: RoomdProcess) -> None:
+    """Invited members read each other; an uninvited member, roomd's wire and store see no text."""
+    seen_by_observer: list[Event] = []
+    async with (
+        connect_secure(roomd.url, token=token("alice")) as alice,
+        connect_secure(roomd.url, token=token("bob")) as bob,
+        connect_secure(roomd.url, token=token("eve")) as eve,
+        connect(roomd.url, token=token("observer")) as observer,
+        anyio.create_task_group() as tasks,
+    ):
+        room = await alice.create_room()
+        link = alice.invite_link(room)
+        assert link.startswith(roomd.url + "#room=")
+        await bob.join(link)
+        await until(alice, Admitted, lambda e: e.aid == "bob")
+        await observer.join(room)
+        tasks.start_soon(collect_raw, observer, seen_by_observer)
+        await eve.join_uninvited(room)
+
+        first = await alice.send(room, SECRET_WORDS[0])
+        got = await until(bob, Message)
+        assert (got.text, got.sender, got.seq) == (SECRET_WORDS[0], "alice", first.seq)
+        await bob.send(room, SECRET_WORDS[1])
+        assert (await until(alice, Message, lambda m: m.sender == "bob")).text == SECRET_WORDS[1]
+        await bob.react(room, first.message_id, "🔥")
+        reaction = await until(alice, ReactionMessage)
+        assert (reaction.sender, reaction.message_id, reaction.emoji) == (
+            "bob",
+            first.message_id,
+            "🔥",
+        )
+        await alice.send(room, SECRET_WORDS[2])
+        assert (await until(bob, Message, lambda m: m.text == SECRET_WORDS[2])).sender == "alice"
+
+        # eve joined without an invite secret: she knocked with nothing, the host gave nothing.
+        unread = await until(eve, Unreadable, lambda e: e.seq == 4)
+        assert unread.reason == "no key yet"
+        assert eve.rooms[room].keys == {}
+        tasks.cancel_scope.cancel()
+
+    assert [e.seq for e in seen_by_observer if isinstance(e, NewMessage)] == [1, 2, 3, 4]
+    relayed = repr(seen_by_observer).encode()
+    stored = store_bytes(roomd.stderr_path.parent)
+    assert stored, "the store file was not found"
+    for words in [*SECRET_WORDS[:3], "🔥"]:
+        for place, data in (
+            ("relayed", relayed),
+            ("stored", stored),
+            ("logged", roomd.logs().encode()),
+        ):
+            assert words.encode() not in data, (words, place)
+    assert not any(isinstance(e, NewMessage) and b"text" in e.ciphertext for e in seen_by_observer)
+
+
+async def test_kick_rotates_and_the_kicked_cannot_read_on(roomd: RoomdProcess) -> None:
+    """After a kick with ban the key rotates: the others read on, the kicked one cannot."""
+    async with (
+        connect_secure(roomd.url, token=token("alice")) as alice,
+        connect_secure(roomd.url, token=token("bob")) as bob,
+        connect_secure(roomd.url, token=token("carol")) as carol,
+    ):
+        room = await alice.create_room()
+        link = alice.invite_link(room)
+        for member in (bob, carol):
+            await member.join(link)
+            await until(alice, Admitted, lambda e, aid=member.aid: e.aid == aid)
+        await alice.send(room, "before")
+        for member in (bob, carol):
+            assert (await until(member, Message)).text == "before"
+
+        carol_keys = dict(carol.rooms[room].keys)
+        assert list(carol_keys) == [1]
+        await alice.kick(room, "carol")
+        rotated = await until(bob, KeyRotated)
+        # The new invite secret went to no one: bob can read epoch 2 only once alice delivers.
+        assert (rotated.key_epoch, rotated.by, rotated.readable) == (2, "alice", False)
+        after = await alice.send(room, SECRET_WORDS[3])
+        assert (await until(bob, Message, lambda m: m.seq == after.seq)).text == SECRET_WORDS[3]
+
+        with pytest.raises(RequestError) as refused:
+            await carol.join(link)
+        assert refused.value.error.code == "forbidden"
+        # Every key carol ever held cannot open the message sent after the rotation.
+        page = await bob.client.get_history(room)
+        raw = next(m for m in page.messages if m.seq == after.seq)
+        assert raw.key_epoch == 2
+        carol_view = SecureRoom(room, "carol", carol.device, keys=carol_keys)
+        assert isinstance(carol_view.read(raw), Unreadable)
+        assert isinstance(bob.rooms[room].read(raw), Message)
+
+
+@attrs.define(eq=False)
+class Gate:
+    """A loopback TCP proxy a test closes (dropping and refusing connections) and reopens."""
+
+    target: int
+    listener: socket.socket = attrs.field(factory=lambda: socket.create_server(("127.0.0.1", 0)))
+    _open: list[socket.socket] = attrs.field(factory=list)
+    closed: threading.Event = attrs.field(factory=threading.Event)
+
+    @property
+    def url(self) -> str:
+        """The WebSocket URL through the gate."""
+        return f"ws://127.0.0.1:{self.listener.getsockname()[1]}/v1"
+
+    def start(self) -> None:
+        """Accept and pump connections in threads."""
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.closed.is_set():
+                client.close()
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            self._open += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=_pump, args=(source, sink), daemon=True).start()
+
+    def close(self) -> None:
+        """Drop every open connection and refuse new ones until `reopen`."""
+        self.closed.set()
+        for sock in self._open:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        self._open.clear()
+
+    def reopen(self) -> None:
+        """Let connections through again."""
+        self.closed.clear()
+
+    def stop(self) -> None:
+        """Close the gate and its listener."""
+        self.close()
+        self.listener.close()
+
+
+def _pump(source: socket.socket, sink: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while data := source.recv(65536):
+            sink.sendall(data)
+    with contextlib.suppress(OSError):
+        sink.shutdown(socket.SHUT_WR)
+
+
+async def test_a_member_back_from_an_absence_catches_up(roomd: RoomdProcess) -> None:
+    """Away while the key rotated: on return bob replays, knocks, and reads every message."""
+    port = int(roomd.url.rsplit(":", 1)[1].removesuffix("/v1"))
+    gate = Gate(port)
+    gate.start()
+    try:
+        async with (
+            connect_secure(roomd.url, token=token("alice")) as alice,
+            connect_secure(gate.url, token=token("bob")) as bob,
+            connect_secure(roomd.url, token=token("carol")) as carol,
+        ):
+            room = await alice.create_room()
+            link = alice.invite_link(room)
+            for member in (bob, carol):
+                await member.join(link)
+                await until(alice, Admitted, lambda e, aid=member.aid: e.aid == aid)
+            gate.close()
+            left = await until(alice, UserLeft)
+            assert (left.aid, left.reason) == ("bob", "disconnected")
+            await alice.kick(room, "carol")
+            await until(alice, KeyRotated, lambda e: e.key_epoch == 2)
+            missed = [await alice.send(room, f"while away {n}") for n in range(3)]
+            gate.reopen()
+            texts = {}
+            while len(texts) < 3:
+                message = await until(bob, Message)
+                texts[message.seq] = message.text
+            assert texts == {m.seq: m.text for m in missed}
+            assert 2 in bob.rooms[room].keys
+    finally:
+        gate.stop()
+
+
+async def test_a_new_host_rotates_and_delivers(roomd: RoomdProcess) -> None:
+    """When the host leaves, the next host rotates, and the members that knock read on."""
+    async with (
+        connect_secure(roomd.url, token=token("alice")) as alice,
+        connect_secure(roomd.url, token=token("bob")) as bob,
+        connect_secure(roomd.url, token=token("carol")) as carol,
+    ):
+        room = await alice.create_room()
+        link = alice.invite_link(room)
+        for member in (bob, carol):
+            await member.join(link)
+            await until(alice, Admitted, lambda e, aid=member.aid: e.aid == aid)
+        await alice.leave(room)
+        rotated = await until(carol, KeyRotated, lambda e: e.by == "bob")
+        assert rotated.key_epoch == 2
+        # carol knocked to bob with the secret she joined with, which bob knows too.
+        await until(bob, Admitted, lambda e: e.aid == "carol")
+        sent = await bob.send(room, "new host here")
+        assert (await until(carol, Message, lambda m: m.seq == sent.seq)).key_epoch == 2
+
+
+async def test_signals_carry_only_blobs(roomd: RoomdProcess) -> None:
+    """Knocks and deliveries that cross roomd are E2EE.md payloads, never a raw key."""
+    async with (
+        connect_secure(roomd.url, token=token("alice")) as alice,
+        connect(roomd.url, token=token("bob")) as raw_bob,
+    ):
+        room = await alice.create_room()
+        secret_key = alice.rooms[room].keys[1]
+        joined = await raw_bob.join(room, public_key=bytes(32))
+        assert joined.encrypted_room_key is not None
+        assert secret_key not in joined.encrypted_room_key
+        await raw_bob.signal(room, [("alice", b"\x02" + bytes(40))])  # a bad knock
+        await alice.send(room, "still fine")
+        with anyio.fail_after(WAIT):
+            event = await raw_bob.next_event(lambda e: isinstance(e, NewMessage | Signal))
+        assert isinstance(event, NewMessage), "a bad knock got an answer"
