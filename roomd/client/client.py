@@ -59,6 +59,8 @@ TokenSource = str | Callable[[], Awaitable[str]]
 Match = Callable[[Event], bool]
 
 REQUEST_TIMEOUT = 30.0
+# Errors after which roomd did nothing and asks to be asked again after `retryAfter`.
+RETRYABLE = frozenset({"rateLimited", "unavailable"})
 EVENT_BUFFER = 10_000
 
 
@@ -105,6 +107,10 @@ class _Waiter:
     done: anyio.Event = attrs.field(factory=anyio.Event)
     result: Event | BaseException | None = None
 
+    def rearm(self) -> None:
+        self.done = anyio.Event()
+        self.result = None
+
     def resolve(self, result: Event | BaseException) -> None:
         if not self.done.is_set():
             self.result = result
@@ -133,6 +139,8 @@ class Client:
     _pacer: Pacer = attrs.field(factory=lambda: Pacer.from_limits(10.0, 30.0))
     _replayed: anyio.Event = attrs.field(factory=anyio.Event)
     _started: bool = False
+    # Counts connections: a retry after `retryAfter` that spans a reconnect is the rejoin's.
+    _generation: int = 0
 
     @property
     def aid(self) -> str:
@@ -352,16 +360,21 @@ class Client:
         return result
 
     async def _settle(self, waiter: _Waiter, frame: Frame) -> Event:
-        """Wait for `waiter`; honour `retryAfter` by sending `frame` again."""
+        """Wait for `waiter`; honour `retryAfter` (rate limit, cluster unavailable) by resending."""
         while True:
             with anyio.fail_after(REQUEST_TIMEOUT):
                 await waiter.done.wait()
             result = waiter.result
-            if isinstance(result, ErrorEvent) and result.code == "rateLimited":
+            if isinstance(result, ErrorEvent) and result.code in RETRYABLE:
+                # Re-arm first: a rejoin may resend a message and its echo settle it meanwhile.
+                waiter.rearm()
+                generation = self._generation
                 await anyio.sleep(result.retry_after or 1.0)
-                waiter.done = anyio.Event()
+                if waiter.done.is_set():
+                    continue
                 await self._wait_ready()
-                await self._send_frame(frame, waiter)
+                if self._generation == generation:
+                    await self._send_frame(frame, waiter)
                 continue
             if isinstance(result, ErrorEvent):
                 raise RequestError(result)
@@ -453,6 +466,7 @@ class Client:
     ) -> None:
         """Run one connection until it ends; always raises what ended it."""
         websocket = await WebSocket.open(self.url, ssl_context=self._ssl_context)
+        self._generation += 1
         ended: list[Exception] = []
         try:
             await self._authenticate(websocket)

@@ -195,7 +195,7 @@ class SecureRoom:
         A refused rotation starts again from `current`; a refused message is
         re-encrypted by the shell once `current_key` is not None.
         """
-        self.key_epoch = max(self.key_epoch, current)
+        self.key_epoch = current
         if self._rotation is not None and self.host == self.me:
             self._rotation = None
             return Outcome(actions=(self._rotate(),))
@@ -211,7 +211,7 @@ class SecureRoom:
         previous_host = self.host
         self.host = event.host
         self.members = {m.aid: m.public_key for m in event.members}
-        self.key_epoch = max(self.key_epoch, event.key_epoch)
+        self.key_epoch = event.key_epoch  # roomd's order decides, even after it lost data
         if event.encrypted_room_key is not None and event.key_epoch not in self.keys:
             self._open_sealed(event.key_epoch, event.encrypted_room_key)
         if self.host != self.me:
@@ -244,7 +244,7 @@ class SecureRoom:
         return Outcome((event,), (self._rotate(),))
 
     def _key_updated(self, event: RoomKeyUpdated) -> Outcome:
-        self.key_epoch = max(self.key_epoch, event.key_epoch)
+        self.key_epoch = event.key_epoch
         rotation = self._rotation
         if rotation is not None and event.by == self.me and event.key_epoch == rotation.key_epoch:
             self._rotation = None
@@ -279,7 +279,9 @@ class SecureRoom:
         delivery = e2ee.open_delivery(self.device, self.room_id, event.payload)
         if delivery.sender_public != self.members.get(self.host):
             return Outcome()
-        self.keys.setdefault(delivery.epoch, delivery.room_key)
+        # The current host's delivery wins over a key this client already held for the
+        # epoch: a room roomd lost and restored may reuse an epoch number.
+        self.keys[delivery.epoch] = delivery.room_key
         return Outcome(self._release(delivery.epoch))
 
     def _knocked(self, event: Signal) -> Outcome:

@@ -6,11 +6,13 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import attrs
 import pytest
+
+from ..e2e_support import RoomdProcess, roomd_processes
 
 
 def free_port() -> int:
@@ -70,3 +72,38 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 def redis_port(redis_server: RedisServer) -> int:
     """The port of the test's redis-server."""
     return redis_server.port
+
+
+Start = Callable[..., RoomdProcess]
+API_KEY = "cluster-test-api-key-0123456789abcdef"
+
+
+@pytest.fixture
+def roomd(tmp_path: Path, redis_port: int) -> Iterator[Start]:
+    """Yield a starter of roomd processes (every one stopped after the test, before Redis)."""
+    yield from roomd_processes(tmp_path)
+
+
+@pytest.fixture
+def nodes(roomd: Start, redis_port: int, tmp_path: Path) -> Callable[..., list[RoomdProcess]]:
+    """Return a starter of `count` cluster nodes sharing the test's redis-server."""
+
+    def start(count: int, *args: str) -> list[RoomdProcess]:
+        started = []
+        for index in range(count):
+            data_dir = tmp_path / f"node{index}"
+            data_dir.mkdir(exist_ok=True)
+            started.append(
+                roomd(
+                    "--cluster",
+                    f"redis://127.0.0.1:{redis_port}/0",
+                    "--node-id",
+                    f"n{index}",
+                    *args,
+                    data_dir=data_dir,
+                    env={"ROOMD_API_KEY": API_KEY},
+                )
+            )
+        return started
+
+    return start

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,42 +23,10 @@ import attrs
 import orjson
 import pytest
 
-from ..e2e_support import SECRET, RoomdProcess, WsClient, b64, clean_env, roomd_processes
-from .conftest import RedisServer, free_port
+from ..e2e_support import SECRET, RoomdProcess, WsClient, b64, clean_env
+from .conftest import API_KEY, RedisServer, free_port
 
-API_KEY = "cluster-test-api-key-0123456789abcdef"
 Start = Callable[..., RoomdProcess]
-
-
-@pytest.fixture
-def roomd(tmp_path: Path, redis_port: int) -> Iterator[Start]:
-    """Yield a starter of roomd processes (every one stopped after the test, before Redis)."""
-    yield from roomd_processes(tmp_path)
-
-
-@pytest.fixture
-def nodes(roomd: Start, redis_port: int, tmp_path: Path) -> Callable[..., list[RoomdProcess]]:
-    """Return a starter of `count` cluster nodes sharing the test's redis-server."""
-
-    def start(count: int, *args: str) -> list[RoomdProcess]:
-        started = []
-        for index in range(count):
-            data_dir = tmp_path / f"node{index}"
-            data_dir.mkdir(exist_ok=True)
-            started.append(
-                roomd(
-                    "--cluster",
-                    f"redis://127.0.0.1:{redis_port}/0",
-                    "--node-id",
-                    f"n{index}",
-                    *args,
-                    data_dir=data_dir,
-                    env={"ROOMD_API_KEY": API_KEY},
-                )
-            )
-        return started
-
-    return start
 
 
 def client(node: RoomdProcess, aid: str) -> WsClient:
