@@ -1,0 +1,298 @@
+"""SecureRoom without a network: admission, deliveries, rotation and reading, event by event."""
+
+from __future__ import annotations
+
+import attrs
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from roomd.client import e2ee
+from roomd.client.events import (
+    HostUpdated,
+    Joined,
+    Member,
+    NewMessage,
+    RoomKeyUpdated,
+    Signal,
+    UserJoined,
+    UserLeft,
+)
+from roomd.client.plaintext import Text, encode_body
+from roomd.client.secure_room import (
+    DELIVERED_EPOCHS,
+    Admitted,
+    KeyRotated,
+    Message,
+    Outcome,
+    SecureRoom,
+    Signals,
+    Unreadable,
+    UpdateKey,
+)
+
+ROOM = "room-1"
+
+
+def joined(
+    room: SecureRoom, host: str, *others: SecureRoom, key: bytes | None = None, epoch: int = 0
+) -> Joined:
+    """Return the joinSuccess `room`'s client gets, with `host` and members in that order."""
+    members = tuple(Member(r.me, r.public_key) for r in (*others, room))
+    return Joined(ROOM, room.me, host, key, members, 0, "ep", epoch, None)
+
+
+@attrs.define
+class Relay:
+    """Carries the rooms' actions as roomd would: signals to their `to`, key updates to all."""
+
+    rooms: dict[str, SecureRoom]
+    shown: dict[str, list[object]] = attrs.field(factory=dict)
+
+    def feed(self, aid: str, event: object) -> None:
+        """Give `event` to `aid`'s room and carry out what it sets off."""
+        outcome = self.rooms[aid].receive(event)  # type: ignore[arg-type]
+        self.shown.setdefault(aid, []).extend(outcome.events)
+        self.carry(aid, outcome)
+
+    def carry(self, sender: str, outcome: Outcome) -> None:
+        """Deliver `outcome`'s actions from `sender`."""
+        for action in outcome.actions:
+            if isinstance(action, Signals):
+                for to, payload in action.signals:
+                    if to in self.rooms:
+                        self.feed(to, Signal(ROOM, sender, payload))
+            else:
+                assert isinstance(action, UpdateKey)
+                update = RoomKeyUpdated(ROOM, action.sealed, sender, action.key_epoch)
+                for aid in list(self.rooms):
+                    self.feed(aid, update)
+
+
+def new_room(aid: str, *secrets: bytes) -> SecureRoom:
+    """Return the SecureRoom of a new client `aid` holding `secrets`."""
+    return SecureRoom(ROOM, aid, e2ee.new_device_key(), list(secrets))
+
+
+def created_room() -> tuple[SecureRoom, Relay]:
+    """Return alice's freshly created room at epoch 1, and a relay with her in it."""
+    alice = new_room("alice")
+    relay = Relay({"alice": alice})
+    relay.feed("alice", joined(alice, "alice"))
+    return alice, relay
+
+
+def invite(alice: SecureRoom, relay: Relay, aid: str, secret: bytes | None = None) -> SecureRoom:
+    """Let `aid` join alice's room holding `secret` (her invite secret by default)."""
+    secret = alice.invite_secret if secret is None else secret
+    assert secret is not None
+    member = new_room(aid, secret)
+    relay.rooms[aid] = member
+    relay.feed("alice", UserJoined(ROOM, aid, member.public_key))
+    for other in relay.rooms.values():
+        if other is not member and other is not alice:
+            other.receive(UserJoined(ROOM, aid, member.public_key))
+    others = [r for r in relay.rooms.values() if r is not member]
+    sealed = _sealed_for(alice)
+    relay.feed(aid, joined(member, "alice", *others, key=sealed, epoch=alice.key_epoch))
+    return member
+
+
+def _sealed_for(alice: SecureRoom) -> bytes:
+    secret = alice.invite_secret
+    assert secret is not None
+    return e2ee.seal_room_key(secret, ROOM, alice.key_epoch, alice.keys[alice.key_epoch])
+
+
+def message(room: SecureRoom, seq: int, text: str) -> NewMessage:
+    """Return the newMessage of `text` encrypted by `room`'s client with its current key."""
+    current = room.current_key()
+    assert current is not None
+    epoch, key = current
+    iv, ciphertext = e2ee.encrypt_message(key, ROOM, room.me, epoch, encode_body(Text(text, 1)))
+    return NewMessage(ROOM, seq, f"m{seq}", room.me, ciphertext, iv, None, 1, epoch)
+
+
+def test_a_creator_gives_its_room_epoch_1_and_an_invite_secret() -> None:
+    """Creating a room (keyEpoch 0, no key) rotates to epoch 1; the creator holds key and secret."""
+    alice = new_room("alice")
+    outcome = alice.receive(joined(alice, "alice"))
+    (update,) = outcome.actions
+    assert isinstance(update, UpdateKey) and update.key_epoch == 1
+    assert alice.current_key() is None
+    confirmed = alice.receive(RoomKeyUpdated(ROOM, update.sealed, "alice", 1))
+    assert confirmed.events[0] == KeyRotated(ROOM, 1, "alice", True)
+    assert confirmed.actions == ()
+    assert alice.current_key() is not None and alice.invite_secret is not None
+    assert alice.admitted == {"alice"}
+
+
+def test_an_invited_joiner_opens_the_sealed_key_knocks_and_is_admitted() -> None:
+    """The link's secret opens the joinSuccess key; the knock admits; nothing older to deliver."""
+    alice, relay = created_room()
+    bob = invite(alice, relay, "bob")
+    assert bob.keys == alice.keys
+    assert Admitted(ROOM, "bob") in relay.shown["alice"]
+    assert "bob" in alice.admitted
+
+
+def test_a_joiner_without_the_current_sealed_key_gets_it_delivered() -> None:
+    """A member whose secret does not open the current key gets it from the host on its knock."""
+    alice, relay = created_room()
+    secret = alice.invite_secret
+    relay.feed("alice", UserLeft(ROOM, "nobody", "left"))  # not admitted: no rotation
+    assert alice.key_epoch == 1
+    alice.secrets.append(e2ee.new_secret())  # alice issued a newer invite; bob holds the old one
+    assert secret is not None
+    bob = new_room("bob", secret)
+    relay.rooms["bob"] = bob
+    relay.feed("alice", UserJoined(ROOM, "bob", bob.public_key))
+    sealed_with_other = e2ee.seal_room_key(e2ee.new_secret(), ROOM, 1, alice.keys[1])
+    relay.feed("bob", joined(bob, "alice", alice, key=sealed_with_other, epoch=1))
+    assert bob.keys == alice.keys
+
+
+@pytest.mark.parametrize("secret", [None, b"\x00" * 32])
+def test_no_key_without_a_matching_invite_secret(secret: bytes | None) -> None:
+    """A joiner with no secret, or a wrong one, is not admitted and receives no key."""
+    alice, relay = created_room()
+    eve = new_room("eve", *([secret] if secret else []))
+    relay.rooms["eve"] = eve
+    relay.feed("alice", UserJoined(ROOM, "eve", eve.public_key))
+    relay.feed("eve", joined(eve, "alice", alice))
+    assert eve.keys == {} and "eve" not in alice.admitted
+    assert not any(isinstance(e, Admitted) for e in relay.shown["alice"])
+    unread = eve.receive(message(alice, 1, "hello"))
+    assert isinstance(unread.events[0], Unreadable)
+
+
+def test_a_knock_for_another_device_key_is_refused() -> None:
+    """The knock binds the device key the room lists: one made for another key admits nothing."""
+    alice, _ = created_room()
+    secret = alice.invite_secret
+    assert secret is not None
+    listed, other = e2ee.new_device_key(), e2ee.new_device_key()
+    alice.receive(UserJoined(ROOM, "bob", e2ee.public_bytes(listed)))
+    knock = e2ee.knock(secret, ROOM, "bob", e2ee.public_bytes(other), 0)
+    assert alice.receive(Signal(ROOM, "bob", knock)) == Outcome()
+    assert "bob" not in alice.admitted
+
+
+def test_deliveries_only_from_the_current_host_with_its_listed_key() -> None:
+    """A key delivered by a non-host, or by the host under another key, is ignored."""
+    alice, relay = created_room()
+    bob = invite(alice, relay, "bob")
+    mallory_key = e2ee.new_device_key()
+    fake = e2ee.new_secret()
+    from_mallory = e2ee.deliver_key(mallory_key, bob.public_key, ROOM, 7, fake)
+    bob.receive(UserJoined(ROOM, "mallory", e2ee.public_bytes(mallory_key)))
+    assert bob.receive(Signal(ROOM, "mallory", from_mallory)) == Outcome()
+    as_host_other_key = e2ee.deliver_key(mallory_key, bob.public_key, ROOM, 7, fake)
+    assert bob.receive(Signal(ROOM, "alice", as_host_other_key)) == Outcome()
+    assert 7 not in bob.keys
+
+
+@pytest.mark.parametrize(
+    ("reason", "rotates"),
+    [("left", True), ("kicked", True), ("disconnected", False), ("timeout", False)],
+)
+def test_the_host_rotates_when_an_admitted_member_leaves_or_is_kicked(
+    reason: str, rotates: bool
+) -> None:
+    """Leaving and kicks rotate; a disconnect or timeout does not (the member comes back)."""
+    alice, relay = created_room()
+    bob = invite(alice, relay, "bob")
+    carol = invite(alice, relay, "carol")
+    del relay.rooms["carol"]
+    relay.feed("bob", UserLeft(ROOM, "carol", reason))
+    relay.feed("alice", UserLeft(ROOM, "carol", reason))
+    assert alice.key_epoch == (2 if rotates else 1)
+    assert bob.current_key() == alice.current_key()
+    assert (2 in carol.keys) is False
+    assert ("carol" in alice.admitted) is not rotates
+
+
+def test_a_member_never_admitted_sets_off_no_rotation() -> None:
+    """An uninvited member leaving changes no key."""
+    alice, relay = created_room()
+    relay.feed("alice", UserJoined(ROOM, "eve", e2ee.public_bytes(e2ee.new_device_key())))
+    assert alice.receive(UserLeft(ROOM, "eve", "left")).actions == ()
+    assert alice.key_epoch == 1
+
+
+def test_a_new_host_rotates_and_the_others_knock_to_it() -> None:
+    """hostUpdated naming this client: it forgets old admissions and rotates; others knock to it."""
+    alice, relay = created_room()
+    bob = invite(alice, relay, "bob")
+    carol = invite(alice, relay, "carol")
+    del relay.rooms["alice"]
+    for aid in ("bob", "carol"):
+        relay.feed(aid, UserLeft(ROOM, "alice", "left"))
+    # roomd sends hostUpdated to both before anything either of them sends in reply.
+    rotation = bob.receive(HostUpdated(ROOM, "bob"))
+    knock = carol.receive(HostUpdated(ROOM, "bob"))
+    relay.carry("bob", rotation)
+    relay.carry("carol", knock)
+    assert bob.admitted == {"bob", "carol"}
+    assert bob.key_epoch == carol.key_epoch == 2
+    assert carol.current_key() == bob.current_key()
+
+
+def test_a_refused_rotation_starts_again_from_the_rooms_epoch() -> None:
+    """conflict with keyEpoch 5 during a rotation: the next UpdateKey names epoch 6."""
+    alice = new_room("alice")
+    alice.receive(joined(alice, "alice"))
+    outcome = alice.key_epoch_refused(5)
+    (update,) = outcome.actions
+    assert isinstance(update, UpdateKey) and update.key_epoch == 6
+
+
+def test_a_message_read_once_its_key_arrives() -> None:
+    """Unreadable while the key is missing; the same seq shows as a Message when it comes."""
+    alice, relay = created_room()
+    secret = alice.invite_secret
+    assert secret is not None
+    bob = new_room("bob", secret)
+    early = message(alice, 1, "early")
+    first = bob.receive(early)
+    assert isinstance(first.events[0], Unreadable)
+    relay.rooms["bob"] = bob
+    relay.feed("alice", UserJoined(ROOM, "bob", bob.public_key))
+    relay.feed("bob", joined(bob, "alice", alice, epoch=1))  # no sealed key: delivery
+    shown = [e for e in relay.shown["bob"] if isinstance(e, Message)]
+    assert [(m.seq, m.text) for m in shown] == [(1, "early")]
+
+
+def test_a_knock_after_a_long_absence_gets_at_most_the_last_16_keys() -> None:
+    """Catch-up delivers every held key from next_epoch on, capped at DELIVERED_EPOCHS."""
+    alice, relay = created_room()
+    for epoch in range(2, 30):
+        alice.keys[epoch] = e2ee.new_secret()
+    alice.key_epoch = 29
+    secret = alice.invite_secret
+    assert secret is not None
+    bob = new_room("bob", secret)
+    relay.rooms["bob"] = bob
+    relay.feed("alice", UserJoined(ROOM, "bob", bob.public_key))
+    relay.feed("bob", joined(bob, "alice", alice, epoch=29))
+    assert sorted(bob.keys) == list(range(30 - DELIVERED_EPOCHS, 30))
+
+
+def test_a_message_that_fails_to_open_is_unreadable_not_an_error() -> None:
+    """Tampered ciphertext under a held key shows as Unreadable ("cannot open")."""
+    alice, _ = created_room()
+    sent = message(alice, 1, "x")
+    tampered = attrs.evolve(sent, ciphertext=bytes([sent.ciphertext[0] ^ 1]) + sent.ciphertext[1:])
+    (shown,) = alice.receive(tampered).events
+    assert isinstance(shown, Unreadable) and shown.reason == "cannot open"
+
+
+@given(payload=st.binary(max_size=200), sender=st.sampled_from(["alice", "bob", "zed"]))
+def test_any_signal_payload_is_handled_without_error(payload: bytes, sender: str) -> None:
+    """A signal of any bytes, from anyone, never raises and never adds a key or an admission."""
+    alice, relay = created_room()
+    bob = invite(alice, relay, "bob")
+    keys, admitted = dict(bob.keys), set(alice.admitted)
+    for room in (alice, bob):
+        room.receive(Signal(ROOM, sender, payload))
+    assert bob.keys == keys and alice.admitted == admitted
