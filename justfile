@@ -9,7 +9,7 @@ run *ARGS: _venv
     {{venv}}/bin/roomd serve --host 127.0.0.1 --port 8765 --data-dir ./roomd-data {{ARGS}}
 
 # Lint, type-check, check the import contract and run the whole test suite.
-test *ARGS: _venv _redis
+test *ARGS: _venv _redis _chromium
     {{py}} -m pip install -q -e '.[test]'
     {{venv}}/bin/ruff format --check roomd tests bench
     {{venv}}/bin/ruff check roomd tests bench
@@ -56,3 +56,7 @@ _venv:
 # The cluster tests start Debian's redis-server (installed here when missing).
 _redis:
     command -v redis-server >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server)
+
+# The browser tests drive Debian's chromium through Playwright (installed here when missing).
+_chromium:
+    command -v chromium >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)

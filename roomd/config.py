@@ -16,6 +16,10 @@ from roomd.core.connection import ConnectionLimits
 from roomd.core.history import HistoryPolicy
 from roomd.errors import ConfigError
 
+# The rooms a `--demo` server holds when `--max-rooms` is not given: its page mints
+# tokens for anyone who can reach the API, so the room count must not grow unbounded.
+DEMO_MAX_ROOMS = 100
+
 
 @attrs.frozen(kw_only=True)
 class Config:
@@ -48,6 +52,8 @@ class Config:
     api_port: int = 8766
     api_tls_cert: Path | None = None
     api_tls_key: Path | None = None
+    # Serve the browser demo (`GET /demo`, `POST /demo/token`) on the API; docs/demo.md.
+    demo: bool = False
     store: str = "sqlite"
     history_size: int = 1000
     history_ttl: float = 24 * 3600.0
@@ -68,6 +74,12 @@ class Config:
     def tls(self) -> bool:
         """True when the listener speaks wss (a certificate and key are set)."""
         return self.tls_cert is not None
+
+    def ws_url(self, port: int) -> str:
+        """Return the WebSocket URL of this config's listener bound to `port`."""
+        scheme = "wss" if self.tls else "ws"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{port}/v1"
 
     def connection_limits(self) -> ConnectionLimits:
         """Return the settings the rules of every connection apply."""
@@ -165,6 +177,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="do not serve the REST server API [ROOMD_NO_API=1]",
     )
+    parser.add_argument(
+        "--demo",
+        dest="demo",
+        action="store_true",
+        default=None,
+        help="serve the browser demo at /demo on the API, with anonymous tokens for anyone"
+        f" who reaches it; --max-rooms defaults to {DEMO_MAX_ROOMS} [ROOMD_DEMO=1]",
+    )
     for name, variable, help_text in REPEATABLE:
         parser.add_argument(
             "--" + name.replace("_", "-"),
@@ -198,13 +218,20 @@ def from_sources(args: argparse.Namespace, env: Mapping[str, str] = os.environ) 
         raise ConfigError(f"bad --trusted-proxy: {exc}") from None
     values["allowed_origins"] = frozenset(origins)
     values["cluster"] = tuple(_list(getattr(args, "cluster", None), env.get("ROOMD_CLUSTER")))
-    no_api = getattr(args, "no_api", None)
-    if no_api is None:
-        no_api = env.get("ROOMD_NO_API", "").lower() in ("1", "true", "yes")
-    values["api"] = not no_api
+    values["api"] = not _switch(getattr(args, "no_api", None), env.get("ROOMD_NO_API"))
+    values["demo"] = _switch(getattr(args, "demo", None), env.get("ROOMD_DEMO"))
+    if values["demo"] and "max_rooms" not in values:
+        # Only when not given: an explicit --max-rooms (0 = no limit included) stands.
+        values["max_rooms"] = DEMO_MAX_ROOMS
     config = Config(**values)
     validate(config)
     return config
+
+
+def _switch(flag: bool | None, variable: str | None) -> bool:
+    if flag is not None:
+        return flag
+    return (variable or "").lower() in ("1", "true", "yes")
 
 
 def _list(flags: Sequence[str] | None, variable: str | None) -> list[str]:
@@ -261,3 +288,8 @@ def validate(config: Config) -> None:
         raise ConfigError("--tls-cert and --tls-key go together")
     if (config.api_tls_cert is None) != (config.api_tls_key is None):
         raise ConfigError("--api-tls-cert and --api-tls-key go together")
+    if config.demo and not config.api:
+        raise ConfigError(
+            "--demo needs the server API: the demo page and its tokens are served by it"
+            " (drop --no-api)"
+        )

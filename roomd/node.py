@@ -16,6 +16,7 @@ node ends when the server has.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from collections.abc import Mapping, Sequence
@@ -27,6 +28,7 @@ import coredis
 import trio
 
 from roomd.api.app import build_app
+from roomd.api.demo import DemoSettings
 from roomd.api.http import serve_api
 from roomd.config import Config
 from roomd.core.admission import IpCounts
@@ -43,6 +45,24 @@ def open_store(kind: str, data_dir: Path) -> RoomStore:
     if kind == "sqlite":
         return SqliteRoomStore.in_data_dir(data_dir)
     return MemoryRoomStore()
+
+
+def demo_settings(config: Config, port: int) -> DemoSettings | None:
+    """Return what the demo page needs of a node listening on `port`; None without --demo.
+
+    Warns when the API speaks https but the listener not wss: a browser refuses
+    a `ws://` connection from an `https://` page (mixed content).
+    """
+    if not config.demo:
+        return None
+    if config.api_tls_cert is not None and not config.tls:
+        logging.getLogger("roomd.node").warning(
+            "--demo: the API is https but the WebSocket listener is not wss, so browsers"
+            " will refuse the page's connection (give --tls-cert and --tls-key too)"
+        )
+    return DemoSettings(
+        ws_host=config.host, ws_port=port, tls=config.tls, trusted_proxies=config.trusted_proxies
+    )
 
 
 @attrs.frozen
@@ -148,6 +168,7 @@ class Node:
                     api_key=self.api_key,
                     token_secret=server.token_secret,
                     wall_ms=server.wall_ms,
+                    demo=demo_settings(config, running.port),
                 )
                 tls = None
                 if config.api_tls_cert is not None and config.api_tls_key is not None:

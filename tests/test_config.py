@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from roomd.config import Config, ConfigError, add_arguments, from_sources
+from roomd.config import DEMO_MAX_ROOMS, Config, ConfigError, add_arguments, from_sources
 
 
 def load(*flags: str, **env: str) -> Config:
@@ -205,3 +205,25 @@ def test_every_setting_has_a_flag_that_documents_its_variable_and_default() -> N
     ):
         assert variable in text
     assert "ROOMD_PORT, default 8765" in text and "ROOMD_RATE, default 10.0" in text
+
+
+def test_demo_is_off_by_default_and_brings_a_finite_room_limit() -> None:
+    """--demo (or ROOMD_DEMO=1) turns the demo on and --max-rooms to 100 unless it is given."""
+    assert (load().demo, load().max_rooms) == (False, 0)
+    assert DEMO_MAX_ROOMS == 100
+    for config in (load("--demo"), load(ROOMD_DEMO="1"), load(ROOMD_DEMO="true")):
+        assert (config.demo, config.max_rooms) == (True, DEMO_MAX_ROOMS)
+    assert load("--demo", "--max-rooms", "7").max_rooms == 7
+    assert load("--demo", ROOMD_MAX_ROOMS="5").max_rooms == 5
+    assert load("--demo", "--max-rooms", "0").max_rooms == 0  # said outright: no limit
+    assert load(ROOMD_DEMO="0").demo is False
+
+
+@pytest.mark.parametrize(
+    ("flags", "env"),
+    [(["--demo", "--no-api"], {}), ([], {"ROOMD_DEMO": "1", "ROOMD_NO_API": "1"})],
+)
+def test_demo_without_the_api_is_refused(flags: list[str], env: dict[str, str]) -> None:
+    """--demo with --no-api is a ConfigError: the page and its tokens are served by the API."""
+    with pytest.raises(ConfigError, match="--demo needs the server API"):
+        load(*flags, **env)

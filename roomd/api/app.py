@@ -2,7 +2,8 @@
 
 The app reads and steers rooms only through a `RoomService` (service.py), so it
 knows nothing of trio tasks or sockets; `roomd.node` gives it the daemon's.
-Every route but `/healthz` needs `Authorization: Bearer <api key>`. Kicks and
+Every route but `/healthz` needs `Authorization: Bearer <api key>`; with
+`--demo`, the demo's routes (demo.py) are open too. Kicks and
 unbans answer once the event bus has accepted them; the room applies them in
 order with its other events a moment later.
 """
@@ -13,10 +14,8 @@ import base64
 import hmac
 import secrets
 from collections.abc import Awaitable, Callable
-from contextlib import aclosing
 from typing import Any
 
-import orjson
 from starlette.applications import Starlette
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException
@@ -24,6 +23,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from roomd.api.body import error_response, json_response, read_json_object
+from roomd.api.demo import DemoSettings, demo_routes
 from roomd.api.metrics import CONTENT_TYPE, metrics_renderer
 from roomd.api.openapi import OPENAPI
 from roomd.api.service import RoomService
@@ -42,7 +43,6 @@ from roomd.core.stats import Stats
 from roomd.core.token import DEFAULT_TTL, mint_token
 from roomd.errors import ApiError, ErrorCode, ProtocolError
 
-MAX_BODY = 64 * 1024
 MAX_TOKEN_TTL = 30 * 24 * 3600
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
@@ -68,45 +68,8 @@ class AidConvertor(Convertor[str]):
 register_url_convertor("aid", AidConvertor())
 
 
-def json_response(body: object, status: int = 200) -> Response:
-    """Return `body` as a JSON response (blobs, if any, already base64)."""
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
-
-
-def error_response(error: ApiError) -> Response:
-    """Return the SERVER_API.md error shape for `error`."""
-    body = {"error": {"code": str(error.code), "message": error.message}}
-    response = json_response(body, error.status)
-    if error.status == 401:
-        response.headers["WWW-Authenticate"] = "Bearer"
-    return response
-
-
 def _b64(blob: bytes | None) -> str | None:
     return None if blob is None else base64.b64encode(blob).decode("ascii")
-
-
-async def read_json_object(request: Request) -> dict[str, Any]:
-    """Return the request body as a JSON object; raise `ApiError` 400 or 413."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
-        raise ApiError(ErrorCode.TOO_LARGE, f"body is over {MAX_BODY} bytes")
-    body = bytearray()
-    # aclosing: leaving the stream early (413) must close it now, not at garbage collection.
-    async with aclosing(request.stream()) as chunks:
-        async for chunk in chunks:
-            body += chunk
-            if len(body) > MAX_BODY:
-                raise ApiError(ErrorCode.TOO_LARGE, f"body is over {MAX_BODY} bytes")
-    if not body:
-        return {}
-    try:
-        value = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise ApiError(ErrorCode.BAD_REQUEST, "body is not valid JSON") from None
-    if not isinstance(value, dict):
-        raise ApiError(ErrorCode.BAD_REQUEST, "body must be a JSON object")
-    return value
 
 
 def _field(validate: Callable[[Any], Any], value: object) -> Any:
@@ -199,10 +162,12 @@ def build_app(
     api_key: str,
     token_secret: str,
     wall_ms: Callable[[], int],
+    demo: DemoSettings | None = None,
 ) -> Starlette:
     """Return the ASGI app of the server API on `rooms`, guarded by `api_key`.
 
-    Tokens it mints are signed with `token_secret` and dated by `wall_ms`.
+    Tokens it mints are signed with `token_secret` and dated by `wall_ms`. With
+    `demo`, it also serves the browser demo's page and anonymous tokens, unguarded.
     """
     render_metrics = metrics_renderer(stats, rooms.live_counts)
 
@@ -313,13 +278,16 @@ def build_app(
         await rooms.unban(room.room_id, aid)
         return Response(status_code=204)
 
+    def issue_token(aid: str, ttl: int) -> dict[str, Any]:
+        token, expires_at = mint_token(token_secret, aid, now=wall_ms() / 1000, ttl=ttl)
+        return {"aid": aid, "token": token, "expiresAt": expires_at}
+
     async def create_token(request: Request) -> Response:
         body = await read_json_object(request)
         aid = body.get("aid")
         aid = "anon-" + secrets.token_urlsafe(12) if aid is None else _field(validate_aid, aid)
         ttl = _int("ttl", body.get("ttl", DEFAULT_TTL), 1, MAX_TOKEN_TTL)
-        token, expires_at = mint_token(token_secret, aid, now=wall_ms() / 1000, ttl=ttl)
-        return json_response({"aid": aid, "token": token, "expiresAt": expires_at}, 201)
+        return json_response(issue_token(aid, ttl), 201)
 
     async def not_found(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 500
@@ -342,4 +310,6 @@ def build_app(
         Route("/v1/rooms/{room_id}/bans/{aid:aid}", guarded(unban), methods=["DELETE"]),
         Route("/v1/tokens", guarded(create_token), methods=["POST"]),
     ]
+    if demo is not None:
+        routes += demo_routes(demo, issue_token)
     return Starlette(routes=routes, exception_handlers={HTTPException: not_found})
