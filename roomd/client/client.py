@@ -498,7 +498,7 @@ class Client:
 
     async def _authenticate(self, websocket: WebSocket) -> None:
         with anyio.fail_after(REQUEST_TIMEOUT):
-            hello = parse_event(cbor2.loads(_as_bytes(await websocket.receive())))
+            hello = _read_event(await websocket.receive())
             if not isinstance(hello, Hello):
                 raise ConnectionClosed(None, f"expected hello, got {hello!r}")
             self.hello = hello
@@ -506,7 +506,7 @@ class Client:
             self._pacer = Pacer.from_limits(float(limits["rate"]), float(limits["burst"]))
             token = self._token if isinstance(self._token, str) else await self._token()
             await self._paced_send(websocket, {"type": "auth", "token": token})
-            reply = parse_event(cbor2.loads(_as_bytes(await websocket.receive())))
+            reply = _read_event(await websocket.receive())
         if isinstance(reply, ErrorEvent):
             error = AuthenticationFailed(f"roomd refused the token: {reply.message}")
             self._stop(error)
@@ -585,6 +585,14 @@ class Client:
             assert waiter.match is not None
             if waiter.match(event):
                 waiter.resolve(event)
+
+
+def _read_event(data: bytes | str) -> Event:
+    """Return the event of a frame read during the handshake; an unreadable one ends it."""
+    try:
+        return parse_event(cbor2.loads(_as_bytes(data)))
+    except (MalformedEvent, cbor2.CBORDecodeError, ValueError) as exc:
+        raise ConnectionClosed(None, f"roomd sent a frame this SDK cannot read: {exc}") from None
 
 
 def _as_bytes(data: bytes | str) -> bytes:

@@ -249,13 +249,41 @@ Event = (
 
 def _get(frame: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
     value = frame.get(key)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise MalformedEvent(f"field '{key}' of '{frame.get('type')}' is not {kind}")
+    # CBOR keeps booleans and numbers apart; Python's bool is an int, so refuse it by hand.
+    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _kinds(kind)):
+        raise MalformedEvent(f"field '{key}' is not {_kinds(kind)}")
     return value
+
+
+def _kinds(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
 
 
 def _maybe(frame: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
     return None if frame.get(key) is None else _get(frame, key, kind)
+
+
+def _seconds(frame: Mapping[str, Any], key: str) -> float:
+    seconds = float(_get(frame, key, (int, float)))  # OverflowError for a bignum
+    if seconds != seconds or seconds in (float("inf"), float("-inf")):
+        raise MalformedEvent(f"field '{key}' is not a finite number of seconds")
+    return seconds
+
+
+def _hello(f: Mapping[str, Any]) -> Hello:
+    limits = _get(f, "limits", dict)
+    for key in ("rate", "burst"):
+        _seconds(limits, key)
+    features = _maybe(f, "features", list) or []
+    if not all(isinstance(feature, str) for feature in features):
+        raise MalformedEvent("field 'features' holds a value that is not a string")
+    return Hello(
+        _get(f, "protocol", str),
+        _seconds(f, "heartbeatInterval"),
+        _seconds(f, "authTimeout"),
+        limits,
+        tuple(features),
+    )
 
 
 def _message(frame: Mapping[str, Any], room_id: str) -> NewMessage:
@@ -296,24 +324,17 @@ def _history(f: Mapping[str, Any]) -> History:
 
 
 def _error(f: Mapping[str, Any]) -> ErrorEvent:
-    retry_after = _maybe(f, "retryAfter", (int, float))
     return ErrorEvent(
         code=_get(f, "code", str),
         message=_get(f, "message", str),
         room_id=_maybe(f, "roomId", str),
-        retry_after=None if retry_after is None else float(retry_after),
+        retry_after=None if f.get("retryAfter") is None else _seconds(f, "retryAfter"),
         key_epoch=_maybe(f, "keyEpoch", int),
     )
 
 
 _PARSERS: dict[str, Callable[[Mapping[str, Any]], Event]] = {
-    "hello": lambda f: Hello(
-        _get(f, "protocol", str),
-        float(_get(f, "heartbeatInterval", (int, float))),
-        float(_get(f, "authTimeout", (int, float))),
-        _get(f, "limits", dict),
-        tuple(_maybe(f, "features", list) or ()),
-    ),
+    "hello": _hello,
     "authOk": lambda f: AuthOk(_get(f, "aid", str), _get(f, "expiresAt", int)),
     "joinSuccess": _joined,
     "newMessage": lambda f: _message(f, _get(f, "roomId", str)),
@@ -332,7 +353,7 @@ _PARSERS: dict[str, Callable[[Mapping[str, Any]], Event]] = {
         _get(f, "messageId", str),
         _get(f, "aid", str),
         _get(f, "emoji", str),
-        bool(f.get("remove")),
+        bool(_maybe(f, "remove", bool)),
     ),
     "signal": lambda f: Signal(
         _get(f, "roomId", str), _get(f, "from", str), _get(f, "payload", bytes)
@@ -360,10 +381,13 @@ def parse_event(frame: object) -> Event:
     """
     if not isinstance(frame, dict):
         raise MalformedEvent("frame is not a map")
-    parser = _PARSERS.get(frame.get("type"))  # type: ignore[arg-type]
+    kind = frame.get("type")
+    parser = _PARSERS.get(kind) if isinstance(kind, str) else None
     if parser is None:
-        raise MalformedEvent(f"unknown event type {frame.get('type')!r}")
+        raise MalformedEvent("unknown or missing event type")
     try:
         return parser(frame)
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise MalformedEvent(f"malformed '{frame['type']}': {exc}") from None
+    except (KeyError, TypeError, AttributeError, ValueError, OverflowError):
+        # A value of the wrong shape deep in a field (a member entry that is no map, a
+        # number beyond float's range): the frame as a whole is malformed.
+        raise MalformedEvent(f"malformed '{kind}'") from None

@@ -14,7 +14,8 @@ the room has not echoed yet. The I/O shell feeds it every server event with
   `joinSuccess`'s `lastSeq`), `receive` reports the room ready, and
   `unconfirmed(room_id)` lists the messages the shell must send again: they
   were sent before the drop and the room's replay did not hold them, so roomd
-  never ordered them.
+  never ordered them. After a `Gap` (no replay) that is not certain: a message
+  roomd ordered before it lost or trimmed its history is sent again.
 """
 
 from __future__ import annotations
@@ -142,6 +143,8 @@ class ClientSession:
                 self.rooms[room_id] = RoomPosition(event.epoch, event.last_seq, public_key)
             return Received([event], [])
         self._rejoining.discard(room_id)
+        # A replay cut short by another drop is over: this rejoin sets the target anew.
+        position.replay_until = None
         events: list[Event] = [event]
         if event.recovered:
             if position.seq < event.last_seq:
