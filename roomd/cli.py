@@ -16,6 +16,7 @@ from pathlib import Path
 import trio
 
 from roomd import __version__
+from roomd.chat.command import add_chat_arguments, run_chat
 from roomd.config import Config, add_arguments, from_sources
 from roomd.core.admission import IpCounts
 from roomd.core.token import DEFAULT_TTL, mint_token
@@ -41,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--data-dir", type=Path, default=None, help="[ROOMD_DATA_DIR]")
     api_key = commands.add_parser("api-key", help="print the server API key")
     api_key.add_argument("--data-dir", type=Path, default=None, help="[ROOMD_DATA_DIR]")
+    chat = commands.add_parser("chat", help="chat in an end-to-end-encrypted room")
+    add_chat_arguments(chat)
     return parser
 
 
@@ -69,9 +72,7 @@ async def serve(config: Config, ip_counts: IpCounts | None = None) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             bound = await nursery.start(node.run)
-            scheme = "wss" if config.tls else "ws"
-            host = f"[{config.host}]" if ":" in config.host else config.host
-            print(f"listening {scheme}://{host}:{bound.port}/v1", flush=True)
+            print(f"listening {config.ws_url(bound.port)}", flush=True)
             if bound.api_url is not None:
                 print(f"api {bound.api_url}", flush=True)
             if config.cluster:
@@ -94,6 +95,9 @@ def _data_dir(args: argparse.Namespace) -> Path:
 def main(argv: Sequence[str] | None = None) -> None:
     """Run `roomd` with `argv` (default: the process arguments)."""
     args = build_parser().parse_args(argv)
+    if args.command == "chat":
+        run_chat(args)
+        return
     if args.command == "api-key":
         try:
             print(load_api_key(_data_dir(args)))

@@ -44,6 +44,7 @@ from roomd.client.events import (
     RoomDeleted,
     RoomKeyUpdated,
     RoomLost,
+    Stopped,
     Unbanned,
     UserLeft,
     parse_event,
@@ -418,11 +419,20 @@ class Client:
     # -- the connection loop -----------------------------------------------------------
 
     async def _run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
-        """Stay connected until cancelled: connect, authenticate, rejoin, read; repeat."""
+        """Stay connected until cancelled: connect, authenticate, rejoin, read; repeat.
+
+        When reconnecting cannot help (roomd closed with 1000, a fixed token
+        expired or was refused), the stream gets `Stopped` and then ends.
+        """
         failures = 0
         while True:
             try:
                 await self._connect_once(failures, None if self._started else task_status)
+            except AuthenticationFailed as exc:
+                if not self._started:
+                    raise
+                await self._finish(str(exc))
+                return
             except (OSError, ConnectionClosed, HandshakeRefused, TimeoutError) as exc:
                 if not self._started:
                     raise
@@ -436,10 +446,15 @@ class Client:
                 if code == CloseCode.NORMAL or (
                     code == CloseCode.TOKEN_EXPIRED and isinstance(self._token, str)
                 ):
-                    self._stop(ConnectionLost(f"closed by roomd ({code})"))
+                    await self._finish(f"closed by roomd ({code})")
                     return
             failures += 1
             await anyio.sleep(self._backoff.delay(failures))
+
+    async def _finish(self, reason: str) -> None:
+        self._stop(ConnectionLost(reason))
+        await self._events_send.send(Stopped(reason))
+        await self._events_send.aclose()
 
     def _drop(self, exc: BaseException) -> None:
         self._websocket = None

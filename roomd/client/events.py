@@ -4,7 +4,7 @@
 already bytes) into one of these. The SDK adds a few events of its own that no
 server sends: `Gap` (a room was rejoined but its missed messages could not be
 replayed), `RoomLost` (a room could not be rejoined after a reconnect),
-`Disconnected` and `Reconnected`.
+`Disconnected`, `Reconnected` and `Stopped`.
 """
 
 from __future__ import annotations
@@ -223,6 +223,13 @@ class Reconnected:
     attempt: int
 
 
+@attrs.frozen
+class Stopped:
+    """The client has stopped for good (`reason`); the stream ends after this event."""
+
+    reason: str
+
+
 Event = (
     Hello
     | AuthOk
@@ -244,6 +251,7 @@ Event = (
     | RoomLost
     | Disconnected
     | Reconnected
+    | Stopped
 )
 
 

@@ -32,7 +32,7 @@ from roomd.client.client import (
     connect,
     unwrapped_errors,
 )
-from roomd.client.events import Event, Joined, LeftRoom, RoomDeleted, RoomLost, UserLeft
+from roomd.client.events import ErrorEvent, Event, Joined, LeftRoom, RoomDeleted, RoomLost, UserLeft
 from roomd.client.invite import Invite, invite_link, parse_invite
 from roomd.client.plaintext import Reaction, Text, encode_body
 from roomd.client.secure_room import (
@@ -95,7 +95,7 @@ class SecureClient:
         `base_url` defaults to the WebSocket URL this client is connected to
         (the form `roomd chat` reads); pass the demo page's URL for browsers.
         """
-        secret = self.rooms[room_id].invite_secret
+        secret = self._room(room_id).invite_secret
         if secret is None:
             raise KeyError(f"this client knows no invite secret of room '{room_id}'")
         return invite_link(base_url or self.client.url, room_id, secret)
@@ -122,7 +122,9 @@ class SecureClient:
 
         Waits (up to `KEY_WAIT`) while this client holds no key of the room's
         epoch; a message refused with `conflict` is encrypted again for the
-        room's epoch and resent. Raises `NoRoomKey` when no key came.
+        room's epoch and resent. Raises `NoRoomKey` when no key came,
+        `RequestError` (`notMember`) for a room this client is not in, and
+        `TimeoutError` when the client stays disconnected for 30 s.
         """
         sent = await self._send_body(room_id, Text(text, _now_ms()))
         assert isinstance(sent, Message), sent
@@ -152,13 +154,13 @@ class SecureClient:
         self, room_id: str, *, before: int | None = None, limit: int | None = None
     ) -> tuple[list[Message | ReactionMessage | Unreadable], bool]:
         """Return a decrypted page of history, oldest first, and whether older messages exist."""
+        room = self._room(room_id)
         page = await self.client.get_history(room_id, before=before, limit=limit)
-        room = self.rooms[room_id]
         return [room.read(message) for message in page.messages], page.more
 
     async def _send_body(self, room_id: str, body: Text | Reaction) -> SecureEvent:
         plaintext = encode_body(body)
-        room = self.rooms[room_id]
+        room = self._room(room_id)
         while True:
             epoch, key = await self._wait_key(room_id)
             iv, ciphertext = e2ee.encrypt_message(key, room_id, self.aid, epoch, plaintext)
@@ -170,6 +172,13 @@ class SecureClient:
                 await self._perform(room, room.key_epoch_refused(refused.error.key_epoch).actions)
                 continue
             return room.read(echo)
+
+    def _room(self, room_id: str) -> SecureRoom:
+        room = self.rooms.get(room_id)
+        if room is None:
+            error = ErrorEvent("notMember", f"not in room '{room_id}'", room_id, None, None)
+            raise RequestError(error)
+        return room
 
     async def _wait_key(self, room_id: str) -> tuple[int, bytes]:
         with anyio.move_on_after(KEY_WAIT):

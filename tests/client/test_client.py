@@ -193,3 +193,24 @@ async def test_requests_after_close_fail(start_roomd: Start) -> None:
         pass
     with pytest.raises(ConnectionLost):
         await dave.create_room()
+
+
+async def test_a_token_refused_on_reconnect_stops_the_client(start_roomd: Start) -> None:
+    """roomd back with another secret: the stream says Stopped and ends; calls raise."""
+    from roomd.client.events import Stopped
+
+    first = start_roomd()
+    port = first.url.rsplit(":", 1)[1].removesuffix("/v1")
+    async with connect(first.url, token=token("erin")) as erin:
+        first.proc.send_signal(signal.SIGKILL)
+        await anyio.to_thread.run_sync(first.proc.wait)
+        await anyio.to_thread.run_sync(
+            lambda: start_roomd(
+                "--port", port, data_dir=first.stderr_path.parent, secret="another" * 6
+            )
+        )
+        with anyio.fail_after(WAIT):
+            events = [event async for event in erin.events()]
+        assert isinstance(events[-1], Stopped) and "refused the token" in events[-1].reason
+        with pytest.raises(ConnectionLost):
+            await erin.create_room()
