@@ -86,7 +86,7 @@ class SecureClient:
     async def create_room(self) -> str:
         """Create an encrypted room, wait for its first key (epoch 1), return its id."""
         joined = await self.client.create_room(public_key=e2ee.public_bytes(self.device))
-        await self._wait_key(joined.room_id)
+        await self.wait_key(joined.room_id)
         return joined.room_id
 
     def invite_link(self, room_id: str, base_url: str | None = None) -> str:
@@ -162,7 +162,7 @@ class SecureClient:
         plaintext = encode_body(body)
         room = self._room(room_id)
         while True:
-            epoch, key = await self._wait_key(room_id)
+            epoch, key = await self.wait_key(room_id)
             iv, ciphertext = e2ee.encrypt_message(key, room_id, self.aid, epoch, plaintext)
             try:
                 echo = await self.client.send_message(room_id, ciphertext, iv=iv, key_epoch=epoch)
@@ -180,7 +180,11 @@ class SecureClient:
             raise RequestError(error)
         return room
 
-    async def _wait_key(self, room_id: str) -> tuple[int, bytes]:
+    async def wait_key(self, room_id: str) -> tuple[int, bytes]:
+        """Return the room's current epoch and its key once this client holds it.
+
+        Raises `NoRoomKey` when it does not arrive within `KEY_WAIT` seconds.
+        """
         with anyio.move_on_after(KEY_WAIT):
             while True:
                 room = self.rooms.get(room_id)

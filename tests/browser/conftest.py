@@ -40,9 +40,13 @@ document.addEventListener("securitypolicyviolation", (event) => {
 """
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
-    """One headless chromium for the session (fails, never skips, when it cannot start)."""
+    """One headless chromium for these tests (fails, never skips, when it cannot start).
+
+    Package scope, not session: Playwright's sync API keeps an asyncio loop running
+    in this thread while it is open, and later tests call `asyncio.run`.
+    """
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(
             executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True

@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -20,6 +21,7 @@ import pytest
 
 from roomd.client.client import Client, RequestError, connect
 from roomd.client.events import Event, NewMessage, Signal, UserLeft
+from roomd.client.invite import invite_link
 from roomd.client.secure import SecureClient, connect_secure
 from roomd.client.secure_room import (
     Admitted,
@@ -67,6 +69,24 @@ async def collect_raw(client: Client, into: list[Event]) -> None:
     """Append every event the raw (relay-side) client receives to `into`."""
     async for event in client.events():
         into.append(event)
+
+
+@asynccontextmanager
+async def three_in_a_room(
+    roomd: RoomdProcess, bob_url: str | None = None
+) -> AsyncIterator[tuple[SecureClient, SecureClient, SecureClient, str]]:
+    """Yield alice (host), bob and carol, both admitted to alice's new room, and the room id."""
+    async with (
+        connect_secure(roomd.url, token=token("alice")) as alice,
+        connect_secure(bob_url or roomd.url, token=token("bob")) as bob,
+        connect_secure(roomd.url, token=token("carol")) as carol,
+    ):
+        room = await alice.create_room()
+        link = alice.invite_link(room)
+        for member in (bob, carol):
+            await member.join(link)
+            await until(alice, Admitted, lambda e, aid=member.aid: e.aid == aid)
+        yield alice, bob, carol, room
 
 
 async def test_encrypted_conversation_shows_roomd_only_blobs(roomd: RoomdProcess) -> None:
@@ -125,16 +145,8 @@ async def test_encrypted_conversation_shows_roomd_only_blobs(roomd: RoomdProcess
 
 async def test_kick_rotates_and_the_kicked_cannot_read_on(roomd: RoomdProcess) -> None:
     """After a kick with ban the key rotates: the others read on, the kicked one cannot."""
-    async with (
-        connect_secure(roomd.url, token=token("alice")) as alice,
-        connect_secure(roomd.url, token=token("bob")) as bob,
-        connect_secure(roomd.url, token=token("carol")) as carol,
-    ):
-        room = await alice.create_room()
+    async with three_in_a_room(roomd) as (alice, bob, carol, room):
         link = alice.invite_link(room)
-        for member in (bob, carol):
-            await member.join(link)
-            await until(alice, Admitted, lambda e, aid=member.aid: e.aid == aid)
         await alice.send(room, "before")
         for member in (bob, carol):
             assert (await until(member, Message)).text == "before"
@@ -225,16 +237,7 @@ async def test_a_member_back_from_an_absence_catches_up(roomd: RoomdProcess) -> 
     gate = Gate(port)
     gate.start()
     try:
-        async with (
-            connect_secure(roomd.url, token=token("alice")) as alice,
-            connect_secure(gate.url, token=token("bob")) as bob,
-            connect_secure(roomd.url, token=token("carol")) as carol,
-        ):
-            room = await alice.create_room()
-            link = alice.invite_link(room)
-            for member in (bob, carol):
-                await member.join(link)
-                await until(alice, Admitted, lambda e, aid=member.aid: e.aid == aid)
+        async with three_in_a_room(roomd, gate.url) as (alice, bob, _carol, room):
             gate.close()
             left = await until(alice, UserLeft)
             assert (left.aid, left.reason) == ("bob", "disconnected")
@@ -254,16 +257,7 @@ async def test_a_member_back_from_an_absence_catches_up(roomd: RoomdProcess) -> 
 
 async def test_a_new_host_rotates_and_delivers(roomd: RoomdProcess) -> None:
     """When the host leaves, the next host rotates, and the members that knock read on."""
-    async with (
-        connect_secure(roomd.url, token=token("alice")) as alice,
-        connect_secure(roomd.url, token=token("bob")) as bob,
-        connect_secure(roomd.url, token=token("carol")) as carol,
-    ):
-        room = await alice.create_room()
-        link = alice.invite_link(room)
-        for member in (bob, carol):
-            await member.join(link)
-            await until(alice, Admitted, lambda e, aid=member.aid: e.aid == aid)
+    async with three_in_a_room(roomd) as (alice, bob, carol, room):
         await alice.leave(room)
         rotated = await until(carol, KeyRotated, lambda e: e.by == "bob")
         assert rotated.key_epoch == 2
@@ -289,3 +283,53 @@ async def test_signals_carry_only_blobs(roomd: RoomdProcess) -> None:
         with anyio.fail_after(WAIT):
             event = await raw_bob.next_event(lambda e: isinstance(e, NewMessage | Signal))
         assert isinstance(event, NewMessage), "a bad knock got an answer"
+
+
+async def test_a_message_refused_for_a_stale_epoch_is_sent_again_under_the_current(
+    roomd: RoomdProcess,
+) -> None:
+    """A send under an epoch the room has left gets `conflict`; the SDK re-encrypts and resends."""
+    async with three_in_a_room(roomd) as (alice, bob, _carol, room):
+        await alice.kick(room, "carol")
+        await until(bob, KeyRotated, lambda e: e.key_epoch == 2)
+        assert (await bob.wait_key(room))[0] == 2
+        # As if bob had not seen roomKeyUpdated yet: he encrypts under epoch 1.
+        bob.rooms[room].key_epoch = 1
+        sent = await bob.send(room, "written before the rotation reached me")
+        assert sent.key_epoch == 2
+        got = await until(alice, Message, lambda m: m.sender == "bob")
+        assert (got.seq, got.text, got.key_epoch) == (sent.seq, sent.text, 2)
+
+
+async def test_a_send_without_the_current_key_waits_for_the_delivery(roomd: RoomdProcess) -> None:
+    """The room moved to an epoch this member has no key for: `send` waits until it arrives."""
+    from roomd.client import e2ee
+
+    async with (
+        connect(roomd.url, token=token("host")) as host,
+        connect_secure(roomd.url, token=token("dana")) as dana,
+    ):
+        device = e2ee.new_device_key()
+        created = await host.create_room(public_key=e2ee.public_bytes(device))
+        room, secret, key1 = created.room_id, e2ee.new_secret(), e2ee.new_secret()
+        await host.update_room_key(room, e2ee.seal_room_key(secret, room, 1, key1), 1)
+        await dana.join(invite_link(roomd.url, room, secret))
+        await host.update_room_key(room, e2ee.seal_room_key(e2ee.new_secret(), room, 2, key1), 2)
+        await until(dana, KeyRotated, lambda e: e.key_epoch == 2 and not e.readable)
+        async with anyio.create_task_group() as tasks:
+            sent: list[Message] = []
+
+            async def send() -> None:
+                sent.append(await dana.send(room, "held until the key came"))
+
+            tasks.start_soon(send)
+            await anyio.sleep(0.3)
+            assert not sent, "sent without a key of the room's epoch"
+            key2 = e2ee.new_secret()
+            dana_key = dana.rooms[room].public_key
+            await host.signal(room, [("dana", e2ee.deliver_key(device, dana_key, room, 2, key2))])
+        assert sent[0].key_epoch == 2
+        with anyio.fail_after(WAIT):
+            echo = await host.next_event(lambda e: isinstance(e, NewMessage) and e.sender == "dana")
+        assert isinstance(echo, NewMessage) and echo.key_epoch == 2
+        assert e2ee.decrypt_message(key2, room, "dana", 2, echo.iv or b"", echo.ciphertext)
