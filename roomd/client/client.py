@@ -136,8 +136,9 @@ class Client:
     _ids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
     _by_id: dict[int, _Waiter] = attrs.field(factory=dict)
     _matchers: list[_Waiter] = attrs.field(factory=list)
-    _echoes: dict[str, _Waiter] = attrs.field(factory=dict)
+    _echo_waiters: dict[str, _Waiter] = attrs.field(factory=dict)
     _pacer: Pacer = attrs.field(factory=lambda: Pacer.from_limits(10.0, 30.0))
+    _pacing: anyio.Lock = attrs.field(factory=anyio.Lock)
     _replayed: anyio.Event = attrs.field(factory=anyio.Event)
     _started: bool = False
     # Counts connections: a retry after `retryAfter` that spans a reconnect is the rejoin's.
@@ -226,7 +227,7 @@ class Client:
         if key_epoch is not None:
             frame["keyEpoch"] = key_epoch
         waiter = _Waiter(None)
-        self._echoes[client_msg_id] = waiter
+        self._echo_waiters[client_msg_id] = waiter
         try:
             await self._wait_ready()
             self.session.sent_message(frame)
@@ -235,7 +236,7 @@ class Client:
                 await self._send_frame(frame, waiter)
             result = await self._settle(waiter, frame)
         finally:
-            self._echoes.pop(client_msg_id, None)
+            self._echo_waiters.pop(client_msg_id, None)
             self.session.forget_message(room_id, client_msg_id)
         assert isinstance(result, NewMessage)
         return result
@@ -370,11 +371,15 @@ class Client:
                 # Re-arm first: a rejoin may resend a message and its echo settle it meanwhile.
                 waiter.rearm()
                 generation = self._generation
-                await anyio.sleep(result.retry_after or 1.0)
+                retry_after = result.retry_after or 1.0
+                self._pacer.hold(anyio.current_time(), retry_after)
+                await anyio.sleep(retry_after)
                 if waiter.done.is_set():
                     continue
                 await self._wait_ready()
-                if self._generation == generation:
+                is_message = waiter in self._echo_waiters.values()
+                # A message whose connection went meanwhile was resent by the rejoin.
+                if not is_message or self._generation == generation:
                     await self._send_frame(frame, waiter)
                 continue
             if isinstance(result, ErrorEvent):
@@ -401,11 +406,14 @@ class Client:
         return request_id
 
     async def _paced_send(self, websocket: WebSocket, frame: Frame) -> None:
-        delay = self._pacer.delay(anyio.current_time())
-        if delay > 0:
-            await anyio.sleep(delay)
-        self._pacer.take(anyio.current_time())
-        await websocket.send(cbor2.dumps(frame))
+        # One sender at a time: concurrent callers must queue behind the bucket, not
+        # each see it empty, and their frames go out in the order they were paced.
+        async with self._pacing:
+            delay = self._pacer.delay(anyio.current_time())
+            if delay > 0:
+                await anyio.sleep(delay)
+            self._pacer.take(anyio.current_time())
+            await websocket.send(cbor2.dumps(frame))
 
     async def _wait_ready(self) -> None:
         if self._stopped is not None:
@@ -461,7 +469,7 @@ class Client:
         if self._ready.is_set():
             self._ready = anyio.Event()
         lost = ConnectionLost(f"connection lost: {exc}")
-        echoes = set(self._echoes.values())
+        echoes = set(self._echo_waiters.values())
         for waiter in self._by_id.values():
             # A message is not lost with its connection: the rejoin settles it.
             if waiter not in echoes:
@@ -471,7 +479,7 @@ class Client:
     def _stop(self, exc: BaseException) -> None:
         self._stopped = exc
         self._drop(exc)
-        for waiter in self._echoes.values():
+        for waiter in self._echo_waiters.values():
             waiter.resolve(exc)
         self._ready.set()
         self._replayed.set()
@@ -523,9 +531,8 @@ class Client:
             await self._paced_send(websocket, {"type": "auth", "token": token})
             reply = _read_event(await websocket.receive())
         if isinstance(reply, ErrorEvent):
-            error = AuthenticationFailed(f"roomd refused the token: {reply.message}")
-            self._stop(error)
-            raise error
+            # `_run` stops the client (or `connect` raises this, on the first connection).
+            raise AuthenticationFailed(f"roomd refused the token: {reply.message}")
         if not isinstance(reply, AuthOk):
             raise ConnectionClosed(None, f"expected authOk, got {reply!r}")
         self.session.aid = reply.aid
@@ -584,16 +591,19 @@ class Client:
         if waiter is not None:
             waiter.resolve(event)
         for room_id in received.ready:
-            for unconfirmed in self.session.unconfirmed(room_id):
-                echo = self._echoes.get(unconfirmed["clientMsgId"])
+            for unechoed in self.session.unechoed(room_id):
+                echo = self._echo_waiters.get(unechoed["clientMsgId"])
                 if echo is not None and self._websocket is not None:
-                    await self._send_frame(unconfirmed, echo)
+                    # A connection that breaks meanwhile is the reader's to notice;
+                    # the message stays unechoed and the next rejoin sends it.
+                    with contextlib.suppress(ConnectionLost):
+                        await self._send_frame(unechoed, echo)
         if received.ready and not self.session.replaying():
             self._replayed.set()
 
     def _resolve(self, event: Event) -> None:
         if isinstance(event, NewMessage) and event.client_msg_id is not None:
-            echo = self._echoes.get(event.client_msg_id)
+            echo = self._echo_waiters.get(event.client_msg_id)
             if echo is not None and event.sender == self.session.aid:
                 echo.resolve(event)
         for waiter in list(self._matchers):

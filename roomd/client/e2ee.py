@@ -45,6 +45,8 @@ _KEY_WRAP_INFO = b"roomd-e2ee-v1 key-wrap"
 _KNOCK_INFO = b"roomd-e2ee-v1 knock"
 
 _KEY_LEN = 32
+PUBLIC_KEY_LEN = 32
+"""Length of a raw X25519 public key: the only `publicKey` a delivery can be sealed to."""
 _NONCE_LEN = 12
 _TAG_LEN = 16
 _EPOCH = struct.Struct(">Q")
@@ -70,7 +72,7 @@ class KeyDelivery:
 
     epoch: int
     sender_public: bytes
-    room_key: bytes
+    room_key: bytes = attrs.field(repr=False)  # never in a log line or a traceback
 
 
 @attrs.frozen

@@ -40,7 +40,7 @@ class Invite:
 
     url: str
     room_id: str
-    secret: bytes
+    secret: bytes = attrs.field(repr=False)  # the link's secret never shows in a repr
 
 
 def invite_link(base_url: str, room_id: str, secret: bytes) -> str:

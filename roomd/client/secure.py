@@ -169,7 +169,7 @@ class SecureClient:
             except RequestError as refused:
                 if refused.error.code != "conflict" or refused.error.key_epoch is None:
                     raise
-                await self._perform(room, room.key_epoch_refused(refused.error.key_epoch).actions)
+                room.message_refused(refused.error.key_epoch)
                 continue
             return room.read(echo)
 
@@ -195,7 +195,14 @@ class SecureClient:
         raise NoRoomKey(f"no key of room '{room_id}' for its current epoch")
 
     async def _pump(self) -> None:
-        """Feed every client event to its room; pass on what shows, do what it sets off."""
+        """Feed every client event to its room; pass on what shows, do what it sets off.
+
+        The stream ends when the client's does (after `Stopped`).
+        """
+        async with self._events_send:
+            await self._pump_events()
+
+    async def _pump_events(self) -> None:
         async for event in self.client.events():
             room = self._room_for(event)
             if room is None:
@@ -230,14 +237,16 @@ class SecureClient:
                     case UpdateKey(key_epoch=epoch, sealed=sealed):
                         await self.client.update_room_key(room.room_id, sealed, epoch)
             except RequestError as refused:
+                if not isinstance(action, UpdateKey):
+                    continue  # a refused delivery batch comes back as an ErrorEvent
                 if refused.error.code == "conflict" and refused.error.key_epoch is not None:
-                    outcome = room.key_epoch_refused(refused.error.key_epoch)
+                    outcome = room.rotation_refused(refused.error.key_epoch)
                     await self._perform(room, outcome.actions)
-                elif isinstance(action, UpdateKey):
+                else:
                     room.rotation_failed()
-            except ConnectionLost:
-                # The rejoin after the reconnect knocks again, and a host without the
-                # current key rotates again.
+            except (ConnectionLost, TimeoutError):
+                # Disconnected, or for longer than a request waits: the rejoin knocks again,
+                # and a rotation not sent is owed until this client is host of the room again.
                 if isinstance(action, UpdateKey):
                     room.rotation_failed()
 

@@ -6,16 +6,19 @@ messages and reactions, key rotations, admissions, and the presence events as
 they came) and what the shell must send (`Signals`, `UpdateKey`). It holds the
 room keys of every epoch it learnt, the invite secrets it knows, and, while
 this client is host, the AIDs it admitted. It never awaits and never reads a
-clock: `now_ms` comes in.
+clock.
 
 - Every joiner knocks to the host with each invite secret it holds; a host
   admits a knock that matches a secret it knows and delivers, in one batch,
   every key it holds from the knock's epoch on (at most `DELIVERED_EPOCHS`).
 - The host rotates (new room key and invite secret, `UpdateKey` of the next
-  epoch) when an admitted member leaves or is kicked, when it becomes host,
-  and when it is host of a room whose current key it does not hold. Once
+  epoch) when an admitted member leaves, when it kicks anyone (retiring every
+  invite secret: they still let admitted members knock back, never a new
+  AID), when `hostUpdated` names it, and when a `joinSuccess` names it host of
+  a room whose current key it lacks or whose rotation it still owes. Once
   `roomKeyUpdated` confirms the rotation, it delivers the new key to every
-  admitted member still present.
+  admitted member still present, in one batch; a batch roomd refuses because
+  one recipient left goes again without them.
 - A delivery is taken only from the current host, sealed by the public key
   the room lists for it. A message whose key is not held yet is reported
   `Unreadable` and read (reported as a `Message` with the same `seq`) when the
@@ -29,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from roomd.client import e2ee
 from roomd.client.events import (
+    ErrorEvent,
     Event,
     HostUpdated,
     Joined,
@@ -135,8 +139,8 @@ class Outcome:
 @attrs.frozen
 class _Rotation:
     key_epoch: int
-    room_key: bytes
-    invite_secret: bytes
+    room_key: bytes = attrs.field(repr=False)
+    invite_secret: bytes = attrs.field(repr=False)
 
 
 @attrs.define
@@ -145,15 +149,23 @@ class SecureRoom:
 
     room_id: str
     me: str
-    device: X25519PrivateKey
-    secrets: list[bytes] = attrs.field(factory=list)
+    # Secrets stay out of reprs: a traceback that shows locals must not print them.
+    device: X25519PrivateKey = attrs.field(repr=False)
+    secrets: list[bytes] = attrs.field(factory=list, repr=False)
     host: str = ""
     members: dict[str, bytes | None] = attrs.field(factory=dict)
     key_epoch: int = 0
-    keys: dict[int, bytes] = attrs.field(factory=dict)
+    keys: dict[int, bytes] = attrs.field(factory=dict, repr=False)
     admitted: set[str] = attrs.field(factory=set)
-    _rotation: _Rotation | None = None
-    _held: dict[int, list[NewMessage]] = attrs.field(factory=dict)
+    _rotation: _Rotation | None = attrs.field(default=None, repr=False)
+    # A rotation that could not be sent (the connection dropped): made on the next join.
+    _rotation_owed: bool = False
+    # The last batch of key deliveries, sent again without whoever left if roomd refuses it.
+    _last_deliveries: tuple[tuple[str, bytes], ...] = attrs.field(default=(), repr=False)
+    _held: dict[int, list[NewMessage]] = attrs.field(factory=dict, repr=False)
+    # Secrets a kick retired: they still let an admitted member back from an absence
+    # knock, never anyone new.
+    _retired: list[bytes] = attrs.field(factory=list, repr=False)
 
     @property
     def public_key(self) -> bytes:
@@ -187,23 +199,36 @@ class SecureRoom:
                 return self._left(event, aid, reason)
             case HostUpdated(host=host):
                 return self._host_updated(event, host)
+            case ErrorEvent(code="notFound") if self._last_deliveries:
+                return self._deliveries_refused(event)
         return Outcome((event,))
 
-    def key_epoch_refused(self, current: int) -> Outcome:
-        """roomd says the room is at `current`: a message or a rotation named another epoch.
+    def rotation_refused(self, current: int) -> Outcome:
+        """roomd refused this host's rotation with `conflict`: the room is at `current`.
 
-        A refused rotation starts again from `current`; a refused message is
-        re-encrypted by the shell once `current_key` is not None.
+        The rotation starts again from there.
         """
         self.key_epoch = current
-        if self._rotation is not None and self.host == self.me:
-            self._rotation = None
-            return Outcome(actions=(self._rotate(),))
-        return Outcome()
+        self._rotation = None
+        if self.host != self.me:
+            return Outcome()
+        return Outcome(actions=(self._rotate(),))
+
+    def message_refused(self, current: int) -> None:
+        """roomd refused a message with `conflict`: the room is at `current`.
+
+        The shell encrypts the message again once `current_key` is not None;
+        a rotation of this host's own in flight is left alone.
+        """
+        self.key_epoch = current
 
     def rotation_failed(self) -> None:
-        """The shell could not send the rotation (the connection dropped); forget it."""
+        """The shell could not send the rotation (the connection dropped, roomd is away).
+
+        It is owed: the next `joinSuccess` naming this client host makes it.
+        """
         self._rotation = None
+        self._rotation_owed = True
 
     # -- handlers ----------------------------------------------------------------------
 
@@ -212,18 +237,27 @@ class SecureRoom:
         self.host = event.host
         self.members = {m.aid: m.public_key for m in event.members}
         self.key_epoch = event.key_epoch  # roomd's order decides, even after it lost data
+        events: tuple[SecureEvent, ...] = (event,)
         if event.encrypted_room_key is not None and event.key_epoch not in self.keys:
             self._open_sealed(event.key_epoch, event.encrypted_room_key)
+            events += self._release(event.key_epoch)
         if self.host != self.me:
-            return Outcome((event,), self._knock())
+            return Outcome(events, self._knock())
         if previous_host != self.me:
             self.admitted = {self.me}
-        if self.current_key() is None and self._rotation is None:
-            return Outcome((event,), (self._rotate(),))
-        return Outcome((event,))
+        if (self.current_key() is None or self._rotation_owed) and self._rotation is None:
+            return Outcome(events, (self._rotate(),))
+        return Outcome(events)
 
     def _left(self, event: UserLeft, aid: str, reason: str) -> Outcome:
         self.members.pop(aid, None)
+        if reason == "kicked" and self.host == self.me:
+            # This host's own kick: the member may hold the key from a link's sealed key
+            # without ever knocking, and every secret it knew must stop admitting.
+            self.admitted.discard(aid)
+            self._retired.extend(self.secrets)
+            self.secrets.clear()
+            return Outcome((event,), () if self._rotation else (self._rotate(),))
         if reason not in ROTATING_REASONS or aid not in self.admitted:
             # A disconnect is not leaving: the member stays admitted and comes back.
             return Outcome((event,))
@@ -253,11 +287,11 @@ class SecureRoom:
             deliveries = tuple(
                 (aid, self._delivery(aid, rotation.key_epoch))
                 for aid in self.members
-                if aid in self.admitted and aid != self.me and self.members[aid] is not None
+                if aid in self.admitted and aid != self.me and self._deliverable(aid)
             )
             rotated = KeyRotated(self.room_id, event.key_epoch, event.by, True)
             events = (rotated, *self._release(rotation.key_epoch))
-            return Outcome(events, (Signals(self.room_id, deliveries),) if deliveries else ())
+            return Outcome(events, self._send_deliveries(deliveries))
         if event.key_epoch not in self.keys:
             self._open_sealed(event.key_epoch, event.encrypted_room_key)
         readable = event.key_epoch in self.keys
@@ -270,8 +304,10 @@ class SecureRoom:
             if kind == e2ee.KEY_DELIVERY:
                 return self._delivered(event)
             return self._knocked(event)
-        except e2ee.E2EEError:
-            return Outcome()  # a bad signal is ignored, as E2EE.md says
+        except (e2ee.E2EEError, ValueError):
+            # A bad signal is ignored, as E2EE.md says; ValueError: a listed key of
+            # the wrong size, which no signal may turn into a crash of this client.
+            return Outcome()
 
     def _delivered(self, event: Signal) -> Outcome:
         if event.sender != self.host:
@@ -286,15 +322,16 @@ class SecureRoom:
 
     def _knocked(self, event: Signal) -> Outcome:
         public_key = self.members.get(event.sender)
-        if self.host != self.me or public_key is None:
+        if self.host != self.me or public_key is None or not self._deliverable(event.sender):
             return Outcome()
         knock = e2ee.read_knock(event.payload)
+        usable = self.secrets + (self._retired if event.sender in self.admitted else [])
         if not any(
             e2ee.knock_matches(knock, secret, self.room_id, event.sender, public_key)
-            for secret in self.secrets
+            for secret in usable
         ):
             return Outcome()
-        first_new = self.admitted.isdisjoint({event.sender})
+        first_new = event.sender not in self.admitted
         self.admitted.add(event.sender)
         newest = max(self.keys, default=-1)
         epochs = [
@@ -304,7 +341,22 @@ class SecureRoom:
         ]
         deliveries = tuple((event.sender, self._delivery(event.sender, e)) for e in epochs)
         events = (Admitted(self.room_id, event.sender),) if first_new else ()
-        return Outcome(events, (Signals(self.room_id, deliveries),) if deliveries else ())
+        return Outcome(events, self._send_deliveries(deliveries))
+
+    def _deliveries_refused(self, event: ErrorEvent) -> Outcome:
+        # roomd refuses a whole batch when one recipient has left (PROTOCOL.md 8.6):
+        # send it again to those still here.
+        remaining = tuple((aid, p) for aid, p in self._last_deliveries if aid in self.members)
+        self._last_deliveries = ()
+        return Outcome((event,), self._send_deliveries(remaining))
+
+    def _send_deliveries(self, deliveries: tuple[tuple[str, bytes], ...]) -> tuple[Action, ...]:
+        self._last_deliveries = deliveries
+        return (Signals(self.room_id, deliveries),) if deliveries else ()
+
+    def _deliverable(self, aid: str) -> bool:
+        key = self.members.get(aid)
+        return key is not None and len(key) == e2ee.PUBLIC_KEY_LEN
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -365,6 +417,7 @@ class SecureRoom:
     def _rotate(self) -> UpdateKey:
         rotation = _Rotation(self.key_epoch + 1, e2ee.new_secret(), e2ee.new_secret())
         self._rotation = rotation
+        self._rotation_owed = False
         sealed = e2ee.seal_room_key(
             rotation.invite_secret, self.room_id, rotation.key_epoch, rotation.room_key
         )

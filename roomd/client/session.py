@@ -12,7 +12,7 @@ the room has not echoed yet. The I/O shell feeds it every server event with
   room; a `joinSuccess` with `recovered: false` is followed by a `Gap`;
 - when a rejoined room's replay is complete (its `seq` reached the
   `joinSuccess`'s `lastSeq`), `receive` reports the room ready, and
-  `unconfirmed(room_id)` lists the messages the shell must send again: they
+  `unechoed(room_id)` lists the messages the shell must send again: they
   were sent before the drop and the room's replay did not hold them, so roomd
   never ordered them. After a `Gap` (no replay) that is not certain: a message
   roomd ordered before it lost or trimmed its history is sent again.
@@ -47,7 +47,7 @@ class Received:
     """What `ClientSession.receive` decided about one event."""
 
     events: list[Event]
-    # Rooms whose rejoin finished with this event: the shell resends their unconfirmed messages.
+    # Rooms whose rejoin finished with this event: the shell resends their unechoed messages.
     ready: list[str]
 
 
@@ -99,7 +99,7 @@ class ClientSession:
         """Return whether a rejoin is still waiting for a room's join reply or replay."""
         return bool(self._rejoining) or any(p.replay_until is not None for p in self.rooms.values())
 
-    def unconfirmed(self, room_id: str) -> list[Frame]:
+    def unechoed(self, room_id: str) -> list[Frame]:
         """Return the messages of `room_id` sent but never ordered by roomd, oldest first."""
         position = self.rooms.get(room_id)
         return [] if position is None else list(position.unechoed.values())

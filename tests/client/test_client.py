@@ -214,3 +214,21 @@ async def test_a_token_refused_on_reconnect_stops_the_client(start_roomd: Start)
         assert isinstance(events[-1], Stopped) and "refused the token" in events[-1].reason
         with pytest.raises(ConnectionLost):
             await erin.create_room()
+
+
+async def test_concurrent_senders_are_paced_inside_the_rate_limit(start_roomd: Start) -> None:
+    """60 messages sent at once by one client all arrive: none is rate-limited or dropped."""
+    roomd = start_roomd()
+    async with connect(roomd.url, token=token("fran")) as fran:
+        room = (await fran.create_room()).room_id
+        sent: list[NewMessage] = []
+
+        async def send(n: int) -> None:
+            sent.append(await fran.send_message(room, f"m{n}".encode()))
+
+        with anyio.fail_after(WAIT):
+            async with anyio.create_task_group() as tasks:
+                for n in range(60):
+                    tasks.start_soon(send, n)
+    assert sorted(m.seq for m in sent) == list(range(1, 61))
+    assert "rateLimited" not in roomd.logs()

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from roomd.client import e2ee
 from roomd.client.events import (
+    ErrorEvent,
     HostUpdated,
     Joined,
     Member,
@@ -242,7 +243,7 @@ def test_a_refused_rotation_starts_again_from_the_rooms_epoch() -> None:
     """conflict with keyEpoch 5 during a rotation: the next UpdateKey names epoch 6."""
     alice = new_room("alice")
     alice.receive(joined(alice, "alice"))
-    outcome = alice.key_epoch_refused(5)
+    outcome = alice.rotation_refused(5)
     (update,) = outcome.actions
     assert isinstance(update, UpdateKey) and update.key_epoch == 6
 
@@ -296,3 +297,98 @@ def test_any_signal_payload_is_handled_without_error(payload: bytes, sender: str
     for room in (alice, bob):
         room.receive(Signal(ROOM, sender, payload))
     assert bob.keys == keys and alice.admitted == admitted
+
+
+def test_a_listed_key_of_the_wrong_size_never_crashes_the_host() -> None:
+    """A member listing a 33-byte publicKey and knocking gets nothing, and nothing raises."""
+    alice, _ = created_room()
+    secret = alice.invite_secret
+    assert secret is not None
+    odd_key = bytes(33)
+    alice.receive(UserJoined(ROOM, "odd", odd_key))
+    knock = e2ee.knock(secret, ROOM, "odd", bytes(32), 0)
+    assert alice.receive(Signal(ROOM, "odd", knock)) == Outcome()
+    assert "odd" not in alice.admitted
+
+
+def test_a_refused_delivery_batch_goes_again_to_those_still_present() -> None:
+    """notFound for a batch (someone left meanwhile): the same deliveries, minus the absent."""
+    alice, relay = created_room()
+    for aid in ("bob", "carol", "dave"):
+        invite(alice, relay, aid)
+    (update,) = alice.receive(UserLeft(ROOM, "dave", "left")).actions
+    assert isinstance(update, UpdateKey)
+    confirmed = alice.receive(RoomKeyUpdated(ROOM, update.sealed, "alice", update.key_epoch))
+    (batch,) = confirmed.actions
+    assert isinstance(batch, Signals) and [to for to, _ in batch.signals] == ["bob", "carol"]
+    # carol's connection went before roomd took the batch: roomd refused all of it.
+    alice.receive(UserLeft(ROOM, "carol", "disconnected"))
+    again = alice.receive(ErrorEvent("notFound", "'carol' is not in the room", ROOM, None, None))
+    (retry,) = again.actions
+    assert isinstance(retry, Signals) and retry.signals == batch.signals[:1]
+
+
+def test_a_rotation_that_could_not_be_sent_is_made_on_the_next_join_as_host() -> None:
+    """A rotation lost with the connection is owed: the rejoin as host makes it."""
+    alice, relay = created_room()
+    invite(alice, relay, "bob")
+    (update,) = alice.receive(UserLeft(ROOM, "bob", "left")).actions
+    assert isinstance(update, UpdateKey) and update.key_epoch == 2
+    alice.rotation_failed()
+    again = alice.receive(joined(alice, "alice", epoch=1))
+    (retry,) = again.actions
+    assert isinstance(retry, UpdateKey) and retry.key_epoch == 2
+
+
+def test_the_hosts_own_kick_rotates_and_retires_every_invite_secret() -> None:
+    """Kicking rotates even a member never admitted (it may hold the key from its link's
+    sealed key), and the old invite secrets stop admitting."""
+    alice, _ = created_room()
+    old_secret = alice.invite_secret
+    alice.receive(UserJoined(ROOM, "lurker", e2ee.public_bytes(e2ee.new_device_key())))
+    (update,) = alice.receive(UserLeft(ROOM, "lurker", "kicked")).actions
+    assert isinstance(update, UpdateKey)
+    alice.receive(RoomKeyUpdated(ROOM, update.sealed, "alice", update.key_epoch))
+    assert alice.secrets == [alice.invite_secret] and alice.invite_secret != old_secret
+    newcomer = e2ee.new_device_key()
+    alice.receive(UserJoined(ROOM, "newcomer", e2ee.public_bytes(newcomer)))
+    assert old_secret is not None
+    knock = e2ee.knock(old_secret, ROOM, "newcomer", e2ee.public_bytes(newcomer), 0)
+    assert alice.receive(Signal(ROOM, "newcomer", knock)) == Outcome()
+
+
+def test_a_member_admitted_before_a_kick_knocks_back_with_the_old_secret() -> None:
+    """Back from a disconnect after a kick retired its secret, an admitted member gets keys."""
+    alice, relay = created_room()
+    bob = invite(alice, relay, "bob")
+    del relay.rooms["bob"]
+    alice.receive(UserLeft(ROOM, "bob", "disconnected"))
+    relay.feed("alice", UserJoined(ROOM, "carol", e2ee.public_bytes(e2ee.new_device_key())))
+    relay.feed("alice", UserLeft(ROOM, "carol", "kicked"))
+    assert alice.key_epoch == 2
+    relay.rooms["bob"] = bob
+    relay.feed("alice", UserJoined(ROOM, "bob", bob.public_key))
+    relay.feed("bob", joined(bob, "alice", alice, epoch=2))
+    assert bob.current_key() == alice.current_key()
+
+
+def test_a_refused_message_leaves_the_hosts_rotation_in_flight_alone() -> None:
+    """conflict on a message while this host's rotation is being confirmed: the rotation stands."""
+    alice, _ = created_room()
+    alice.receive(UserJoined(ROOM, "bob", e2ee.public_bytes(e2ee.new_device_key())))
+    (update,) = alice.receive(UserLeft(ROOM, "bob", "kicked")).actions
+    assert isinstance(update, UpdateKey)
+    alice.message_refused(2)
+    confirmed = alice.receive(RoomKeyUpdated(ROOM, update.sealed, "alice", 2))
+    assert confirmed.events[0] == KeyRotated(ROOM, 2, "alice", True)
+
+
+def test_messages_held_for_a_key_are_read_when_a_rejoin_opens_its_sealed_key() -> None:
+    """A message held without its key shows as a Message once joinSuccess's sealed key opens."""
+    alice, _ = created_room()
+    secret = alice.invite_secret
+    assert secret is not None
+    bob = new_room("bob", secret)
+    bob.receive(message(alice, 1, "early"))
+    shown = bob.receive(joined(bob, "alice", alice, key=_sealed_for(alice), epoch=1)).events
+    assert [(e.seq, e.text) for e in shown if isinstance(e, Message)] == [(1, "early")]

@@ -89,7 +89,7 @@ def test_the_first_join_records_the_position(
     position = session.rooms["r1"]
     assert (position.epoch, position.seq, position.public_key) == (epoch, last_seq, public_key)
     assert not session.replaying()
-    assert session.unconfirmed("r1") == []
+    assert session.unechoed("r1") == []
 
 
 @pytest.mark.parametrize(
@@ -320,15 +320,15 @@ def test_a_replay_cut_by_a_drop_then_a_gap_is_live() -> None:
     assert [session.receive(msg(seq)).ready for seq in range(4, 11)] == [[]] * 7
 
 
-# -- unconfirmed messages -------------------------------------------------------------------
+# -- unechoed messages -------------------------------------------------------------------
 
 
-def test_unconfirmed_lists_sent_messages_in_send_order() -> None:
-    """Messages recorded with sent_message are unconfirmed, oldest first."""
+def test_unechoed_lists_sent_messages_in_send_order() -> None:
+    """Messages recorded with sent_message are unechoed, oldest first."""
     session = in_room()
     for client_msg_id in ["c3", "c1", "c2"]:
         session.sent_message(frame(client_msg_id))
-    assert session.unconfirmed("r1") == [frame("c3"), frame("c1"), frame("c2")]
+    assert session.unechoed("r1") == [frame("c3"), frame("c1"), frame("c2")]
 
 
 @pytest.mark.parametrize(
@@ -351,7 +351,7 @@ def test_an_echo_from_this_aid_confirms_one_message(
         session.sent_message(frame(sent))
     for seq, (sender, client_msg_id) in enumerate(echoes, start=1):
         session.receive(msg(seq, sender=sender, client_msg_id=client_msg_id))
-    assert session.unconfirmed("r1") == [frame(c) for c in left]
+    assert session.unechoed("r1") == [frame(c) for c in left]
 
 
 def test_an_echo_in_another_room_confirms_nothing() -> None:
@@ -360,7 +360,7 @@ def test_an_echo_in_another_room_confirms_nothing() -> None:
     session.receive(joined("r2"), None)
     session.sent_message(frame("c1", "r1"))
     session.receive(msg(1, "r2", sender=ME, client_msg_id="c1"))
-    assert session.unconfirmed("r1") == [frame("c1", "r1")]
+    assert session.unechoed("r1") == [frame("c1", "r1")]
 
 
 def test_a_repeated_echo_is_dropped_and_confirms_nothing_new() -> None:
@@ -370,7 +370,7 @@ def test_a_repeated_echo_is_dropped_and_confirms_nothing_new() -> None:
     session.receive(msg(1, sender=ME, client_msg_id="c1"))
     session.sent_message(frame("c1"))
     assert session.receive(msg(1, sender=ME, client_msg_id="c1")) == Received([], [])
-    assert session.unconfirmed("r1") == [frame("c1")]
+    assert session.unechoed("r1") == [frame("c1")]
 
 
 def test_forget_message_drops_one_and_tolerates_unknowns() -> None:
@@ -381,18 +381,18 @@ def test_forget_message_drops_one_and_tolerates_unknowns() -> None:
     session.forget_message("r1", "c1")
     session.forget_message("r1", "nope")
     session.forget_message("rX", "c2")
-    assert session.unconfirmed("r1") == [frame("c2")]
+    assert session.unechoed("r1") == [frame("c2")]
 
 
 def test_messages_for_rooms_not_held_are_not_recorded() -> None:
     """sent_message for a room the session is not in records nothing."""
     session = in_room()
     session.sent_message(frame("c1", "rX"))
-    assert session.unconfirmed("rX") == []
-    assert session.unconfirmed("r1") == []
+    assert session.unechoed("rX") == []
+    assert session.unechoed("r1") == []
 
 
-def test_after_a_replay_unconfirmed_is_what_the_replay_did_not_echo() -> None:
+def test_after_a_replay_unechoed_is_what_the_replay_did_not_echo() -> None:
     """Messages echoed by the replay are confirmed; the rest are left for the shell to resend."""
     session = in_room(last_seq=2)
     for client_msg_id in ["c1", "c2", "c3"]:
@@ -401,7 +401,7 @@ def test_after_a_replay_unconfirmed_is_what_the_replay_did_not_echo() -> None:
     session.receive(joined("r1", 4, recovered=True))
     session.receive(msg(3, sender=ME, client_msg_id="c2"))
     assert session.receive(msg(4, sender="bob", client_msg_id="c1")).ready == ["r1"]
-    assert session.unconfirmed("r1") == [frame("c1"), frame("c3")]
+    assert session.unechoed("r1") == [frame("c1"), frame("c3")]
 
 
 # -- forgetting rooms -----------------------------------------------------------------------
@@ -422,7 +422,7 @@ def test_leaving_forgets_the_room(leave: Event) -> None:
     session.sent_message(frame("c1"))
     assert session.receive(leave) == Received([leave], [])
     assert [f["roomId"] for f in session.rejoin_frames()] == ["r2"]
-    assert session.unconfirmed("r1") == []
+    assert session.unechoed("r1") == []
     # Messages of the forgotten room are no longer filtered.
     assert seqs(passed(session, [msg(2)])) == [2]
 
@@ -442,7 +442,7 @@ def test_leaving_while_rejoining_ends_the_wait(leave: Event) -> None:
 
 
 def test_rejoin_failed_forgets_the_room() -> None:
-    """A room roomd refused to rejoin is not waited for, not rejoined again, has no unconfirmed."""
+    """A room roomd refused to rejoin is not waited for, not rejoined again, has no unechoed."""
     session = in_room("r1", 3)
     session.receive(joined("r2", 0), None)
     session.sent_message(frame("c1"))
@@ -451,7 +451,7 @@ def test_rejoin_failed_forgets_the_room() -> None:
     session.receive(joined("r2", 0, recovered=True))
     assert not session.replaying()
     assert [f["roomId"] for f in session.rejoin_frames()] == ["r2"]
-    assert session.unconfirmed("r1") == []
+    assert session.unechoed("r1") == []
     session.rejoin_failed("never-held")
 
 
@@ -470,7 +470,7 @@ def test_the_leave_of_an_unknown_room_is_passed_on() -> None:
 # orders live messages (others' and ours), the connection drops (the queue is lost,
 # and maybe our last frame with it), and a rejoin is answered `recovered: true` and
 # replays from up to a few seqs before `since`; frames already seen also come again
-# anywhere. The shell resends `unconfirmed` on ready, as Client._dispatch does.
+# anywhere. The shell resends `unechoed` on ready, as Client._dispatch does.
 class Reconnects(RuleBasedStateMachine):
     """The application sees each seq once and in order, and each sent message is ordered once."""
 
@@ -500,11 +500,11 @@ class Reconnects(RuleBasedStateMachine):
             self.queue.append(event)
 
     def deliver_all(self, received: Received) -> None:
-        """Pass `received` to the application, and resend what a ready room left unconfirmed."""
+        """Pass `received` to the application, and resend what a ready room left unechoed."""
         self.seen += seqs(received.events)
         for room_id in received.ready:
-            for unconfirmed in self.session.unconfirmed(room_id):
-                self.order(ME, unconfirmed["clientMsgId"])
+            for unechoed in self.session.unechoed(room_id):
+                self.order(ME, unechoed["clientMsgId"])
 
     @rule(sender=st.sampled_from(["bob", "carol"]))
     def others_post(self, sender: str) -> None:
@@ -570,7 +570,7 @@ class Reconnects(RuleBasedStateMachine):
             head = len(self.stream)
             assert not self.seen or self.seen[-1] == head
             assert not self.session.replaying()
-            assert self.session.unconfirmed("r1") == []
+            assert self.session.unechoed("r1") == []
             # Every message this client sent was ordered exactly once: none lost, none twice.
             ours = Counter(m.client_msg_id for m in self.stream if m.sender == ME)
             assert ours == Counter(f"c{n}" for n in range(1, self.sent + 1))
