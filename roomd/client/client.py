@@ -13,14 +13,12 @@ reader); leaving `async with` closes the connection with 1000 and cancels them.
 from __future__ import annotations
 
 import contextlib
-import enum
 import itertools
 import logging
-import random
 import secrets
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import anyio
@@ -28,6 +26,13 @@ import anyio.abc
 import attrs
 import cbor2
 
+from roomd.client.errors import (
+    AuthenticationFailed,
+    CloseCode,
+    ConnectionLost,
+    RequestError,
+    unwrapped_errors,
+)
 from roomd.client.events import (
     AuthOk,
     Disconnected,
@@ -51,71 +56,18 @@ from roomd.client.events import (
 )
 from roomd.client.pacer import Pacer
 from roomd.client.session import ClientSession, Frame
+from roomd.client.waiter import Backoff, Match, Waiter
 from roomd.client.websocket import ConnectionClosed, HandshakeRefused, WebSocket
 
 logger = logging.getLogger("roomd.client")
 
 _T = TypeVar("_T")
 TokenSource = str | Callable[[], Awaitable[str]]
-Match = Callable[[Event], bool]
 
 REQUEST_TIMEOUT = 30.0
 # Errors after which roomd did nothing and asks to be asked again after `retryAfter`.
 RETRYABLE = frozenset({"rateLimited", "unavailable"})
 EVENT_BUFFER = 10_000
-
-
-class CloseCode(enum.IntEnum):
-    """The close codes after which reconnecting does not help (PROTOCOL.md section 7)."""
-
-    NORMAL = 1000
-    TOKEN_EXPIRED = 4005
-
-
-class RequestError(Exception):
-    """roomd refused a request: `error.code` is PROTOCOL.md's error code."""
-
-    def __init__(self, error: ErrorEvent) -> None:
-        super().__init__(f"{error.code}: {error.message}")
-        self.error = error
-
-
-class ConnectionLost(Exception):
-    """The connection dropped before roomd answered; whether it applied is unknown."""
-
-
-class AuthenticationFailed(Exception):
-    """roomd refused the token: reconnecting with it cannot succeed."""
-
-
-@attrs.define
-class Backoff:
-    """Reconnect delays: `first`, doubling up to `longest`, each with up to 50% jitter."""
-
-    first: float = 0.1
-    longest: float = 5.0
-
-    def delay(self, attempt: int) -> float:
-        """Return how long to wait before reconnect attempt `attempt` (1, 2, ...)."""
-        base = min(self.longest, self.first * 2 ** (attempt - 1))
-        return float(base * (0.5 + random.random() / 2))
-
-
-@attrs.define(eq=False)
-class _Waiter:
-    match: Match | None
-    public_key: bytes | None = None
-    done: anyio.Event = attrs.field(factory=anyio.Event)
-    result: Event | BaseException | None = None
-
-    def rearm(self) -> None:
-        self.done = anyio.Event()
-        self.result = None
-
-    def resolve(self, result: Event | BaseException) -> None:
-        if not self.done.is_set():
-            self.result = result
-            self.done.set()
 
 
 @attrs.define(eq=False)
@@ -134,9 +86,9 @@ class Client:
     _ready: anyio.Event = attrs.field(factory=anyio.Event)
     _stopped: BaseException | None = None
     _ids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
-    _by_id: dict[int, _Waiter] = attrs.field(factory=dict)
-    _matchers: list[_Waiter] = attrs.field(factory=list)
-    _echo_waiters: dict[str, _Waiter] = attrs.field(factory=dict)
+    _by_id: dict[int, Waiter] = attrs.field(factory=dict)
+    _matchers: list[Waiter] = attrs.field(factory=list)
+    _echo_waiters: dict[str, Waiter] = attrs.field(factory=dict)
     _pacer: Pacer = attrs.field(factory=lambda: Pacer.from_limits(10.0, 30.0))
     _pacing: anyio.Lock = attrs.field(factory=anyio.Lock)
     _replayed: anyio.Event = attrs.field(factory=anyio.Event)
@@ -226,7 +178,7 @@ class Client:
             frame["iv"] = iv
         if key_epoch is not None:
             frame["keyEpoch"] = key_epoch
-        waiter = _Waiter(None)
+        waiter = Waiter(None)
         self._echo_waiters[client_msg_id] = waiter
         try:
             await self._wait_ready()
@@ -347,7 +299,7 @@ class Client:
     ) -> Event:
         """Send `frame` and return its direct reply, or the first event `match` accepts."""
         await self._wait_ready()
-        waiter = _Waiter(match)
+        waiter = Waiter(match)
         if match is not None:
             self._matchers.append(waiter)
         try:
@@ -361,7 +313,7 @@ class Client:
                 self._matchers.remove(waiter)
         return result
 
-    async def _settle(self, waiter: _Waiter, frame: Frame) -> Event:
+    async def _settle(self, waiter: Waiter, frame: Frame) -> Event:
         """Wait for `waiter`; honour `retryAfter` (rate limit, cluster unavailable) by resending."""
         while True:
             with anyio.fail_after(REQUEST_TIMEOUT):
@@ -390,7 +342,7 @@ class Client:
             return result
 
     async def _send_frame(
-        self, frame: Frame, waiter: _Waiter | None, *, public_key: bytes | None = None
+        self, frame: Frame, waiter: Waiter | None, *, public_key: bytes | None = None
     ) -> int:
         request_id = next(self._ids)
         if waiter is not None:
@@ -542,7 +494,7 @@ class Client:
         waiters = []
         self._replayed = anyio.Event()
         for frame in self.session.rejoin_frames():
-            waiter = _Waiter(None)
+            waiter = Waiter(None)
             request_id = await self._send_frame(frame, waiter)
             waiters.append((frame["roomId"], request_id, waiter))
         with anyio.fail_after(REQUEST_TIMEOUT):
@@ -657,12 +609,13 @@ async def connect(
                 tasks.cancel_scope.cancel()
 
 
-@contextmanager
-def unwrapped_errors() -> Iterator[None]:
-    """Re-raise the one error a task group wraps as it was: the application's own."""
-    try:
-        yield
-    except BaseExceptionGroup as group:
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
-        raise
+__all__ = [
+    "AuthenticationFailed",
+    "Backoff",
+    "Client",
+    "ConnectionLost",
+    "RequestError",
+    "TokenSource",
+    "connect",
+    "unwrapped_errors",
+]
