@@ -232,3 +232,14 @@ async def test_concurrent_senders_are_paced_inside_the_rate_limit(start_roomd: S
                     tasks.start_soon(send, n)
     assert sorted(m.seq for m in sent) == list(range(1, 61))
     assert "rateLimited" not in roomd.logs()
+
+
+async def test_an_idle_client_answers_heartbeats_and_stays_connected(start_roomd: Start) -> None:
+    """Pinged every 0.5 s with a 1.5 s timeout, an idle client is still in its room after 3 s."""
+    roomd = start_roomd("--heartbeat-interval", "0.5", "--heartbeat-timeout", "1.5")
+    async with connect(roomd.url, token=token("gus")) as gus:
+        room = (await gus.create_room()).room_id
+        with anyio.move_on_after(3):  # real process: the heartbeat runs on its clock
+            dropped = await gus.next_event(lambda e: isinstance(e, Disconnected))
+            raise AssertionError(f"the idle client was dropped: {dropped}")
+        assert (await gus.send_message(room, b"still here")).seq == 1
