@@ -19,6 +19,10 @@ from roomd.errors import ConfigError
 # The rooms a `--demo` server holds when `--max-rooms` is not given: its page mints
 # tokens for anyone who can reach the API, so the room count must not grow unbounded.
 DEMO_MAX_ROOMS = 100
+# Likewise `--max-rooms-per-aid` and `--room-ttl` when not given: a guest token is free,
+# so one may host few rooms, and an empty room is gone within the hour (not the day).
+DEMO_MAX_ROOMS_PER_AID = 3
+DEMO_ROOM_TTL = 3600.0
 
 
 @attrs.frozen(kw_only=True)
@@ -183,7 +187,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         default=None,
         help="serve the browser demo at /demo on the API, with anonymous tokens for anyone"
-        f" who reaches it; --max-rooms defaults to {DEMO_MAX_ROOMS} [ROOMD_DEMO=1]",
+        f" who reaches it; --max-rooms defaults to {DEMO_MAX_ROOMS}, --max-rooms-per-aid to"
+        f" {DEMO_MAX_ROOMS_PER_AID} and --room-ttl to {DEMO_ROOM_TTL:g} [ROOMD_DEMO=1]",
     )
     for name, variable, help_text in REPEATABLE:
         parser.add_argument(
@@ -220,9 +225,11 @@ def from_sources(args: argparse.Namespace, env: Mapping[str, str] = os.environ) 
     values["cluster"] = tuple(_list(getattr(args, "cluster", None), env.get("ROOMD_CLUSTER")))
     values["api"] = not _switch(getattr(args, "no_api", None), env.get("ROOMD_NO_API"))
     values["demo"] = _switch(getattr(args, "demo", None), env.get("ROOMD_DEMO"))
-    if values["demo"] and "max_rooms" not in values:
-        # Only when not given: an explicit --max-rooms (0 = no limit included) stands.
-        values["max_rooms"] = DEMO_MAX_ROOMS
+    if values["demo"]:
+        # Only when not given: an explicit flag or variable (0 = no limit included) stands.
+        values.setdefault("max_rooms", DEMO_MAX_ROOMS)
+        values.setdefault("max_rooms_per_aid", DEMO_MAX_ROOMS_PER_AID)
+        values.setdefault("room_ttl", DEMO_ROOM_TTL)
     config = Config(**values)
     validate(config)
     return config

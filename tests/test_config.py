@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from roomd.config import DEMO_MAX_ROOMS, Config, ConfigError, add_arguments, from_sources
+from roomd.config import (
+    DEMO_MAX_ROOMS,
+    DEMO_MAX_ROOMS_PER_AID,
+    DEMO_ROOM_TTL,
+    Config,
+    ConfigError,
+    add_arguments,
+    from_sources,
+)
 
 
 def load(*flags: str, **env: str) -> Config:
@@ -217,6 +225,30 @@ def test_demo_is_off_by_default_and_brings_a_finite_room_limit() -> None:
     assert load("--demo", ROOMD_MAX_ROOMS="5").max_rooms == 5
     assert load("--demo", "--max-rooms", "0").max_rooms == 0  # said outright: no limit
     assert load(ROOMD_DEMO="0").demo is False
+
+
+def test_demo_brings_a_small_per_aid_room_limit_and_a_short_room_ttl() -> None:
+    """--demo makes --max-rooms-per-aid 3 and --room-ttl 1 hour unless they are given."""
+    assert (load().max_rooms_per_aid, load().room_ttl) == (64, 86_400.0)
+    assert (DEMO_MAX_ROOMS_PER_AID, DEMO_ROOM_TTL) == (3, 3600.0)
+    for config in (load("--demo"), load(ROOMD_DEMO="1")):
+        assert (config.max_rooms_per_aid, config.room_ttl) == (
+            DEMO_MAX_ROOMS_PER_AID,
+            DEMO_ROOM_TTL,
+        )
+    given = load("--demo", "--max-rooms-per-aid", "10", "--room-ttl", "60")
+    assert (given.max_rooms_per_aid, given.room_ttl) == (10, 60.0)
+    from_env = load("--demo", ROOMD_MAX_ROOMS_PER_AID="5", ROOMD_ROOM_TTL="120")
+    assert (from_env.max_rooms_per_aid, from_env.room_ttl) == (5, 120.0)
+    assert (
+        load("--demo", "--max-rooms-per-aid", "0").max_rooms_per_aid == 0
+    )  # no limit, said outright
+    # Each default stands alone: giving one leaves the others to the demo.
+    only_ttl = load("--demo", "--room-ttl", "60")
+    assert (only_ttl.max_rooms_per_aid, only_ttl.max_rooms) == (
+        DEMO_MAX_ROOMS_PER_AID,
+        DEMO_MAX_ROOMS,
+    )
 
 
 @pytest.mark.parametrize(

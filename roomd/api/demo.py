@@ -8,7 +8,8 @@
 - `POST /demo/token`: an anonymous token (`guest-...`, valid `TOKEN_TTL`) and
   the WebSocket URL to use it on; at most `TOKENS_PER_WINDOW` per client IP in
   any `TOKEN_WINDOW` seconds (core/window.py), else 429 `rateLimited` with
-  `Retry-After`.
+  `Retry-After`. An IPv6 client counts as its /64 (`token_limit_key`): one host
+  usually holds a whole /64, so its single addresses would be no limit.
 
 Neither needs the API key: anyone who reaches the API may try roomd, which is
 why the demo is for trying roomd and not for production.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import importlib.resources
+import ipaddress
 import math
 import re
 import secrets
@@ -43,6 +45,8 @@ TOKENS_PER_WINDOW = 5
 TOKEN_WINDOW = 60.0
 # Client IPs whose token counts are kept at once (core/window.py: the state is bounded).
 TRACKED_IPS = 4096
+# The IPv6 prefix one token count covers: a site or host is typically given a whole /64.
+IPV6_PREFIX = 64
 # Listener hosts that are no address a browser can connect to: the page then
 # connects to the host it reached the API on, at the WebSocket port.
 WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
@@ -131,6 +135,23 @@ def content_security_policy(script_hash: str, style_hash: str, ws_url: str) -> s
     )
 
 
+def token_limit_key(ip: str) -> str:
+    """Return what the token limit counts `ip` under: an IPv6 address's /64, else `ip`.
+
+    An IPv4 address (an IPv4-mapped IPv6 one included) is itself; a string that is
+    no IP address (a test client's name) is counted as it is.
+    """
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, IPV6_PREFIX), strict=False))
+    return str(address)
+
+
 def guest_aid() -> str:
     """Return a new anonymous AID: `guest-` and 10 random hex digits."""
     return "guest-" + secrets.token_hex(5)
@@ -173,11 +194,11 @@ def demo_routes(settings: DemoSettings, issue_token: IssueToken) -> list[Route]:
         peer = request.client.host if request.client is not None else ""
         forwarded = request.headers.getlist("x-forwarded-for")
         ip = client_ip(peer, forwarded, settings.trusted_proxies)
-        wait = tokens.take(ip, settings.clock())
+        wait = tokens.take(token_limit_key(ip), settings.clock())
         if wait is not None:
             refusal = ApiError(
                 ErrorCode.RATE_LIMITED,
-                f"at most {TOKENS_PER_WINDOW} demo tokens per client IP"
+                f"at most {TOKENS_PER_WINDOW} demo tokens per client IP (IPv6: per /64)"
                 f" in {TOKEN_WINDOW:g} seconds",
             )
             response = error_response(refusal)

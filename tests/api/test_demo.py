@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from roomd.api.app import build_app
-from roomd.api.demo import TOKEN_TTL, DemoSettings
+from roomd.api.demo import TOKEN_TTL, DemoSettings, token_limit_key
 from roomd.api.service import RoomService
 from roomd.config import Config
 from roomd.core.admission import parse_networks
@@ -305,6 +305,47 @@ async def test_behind_a_trusted_proxy_the_limit_counts_the_forwarded_client() ->
         for i in range(10, 16)
     ]
     assert [r.status for r in spoofed] == [201] * 5 + [429]
+
+
+async def test_an_ipv6_client_counts_as_its_64_and_an_ipv4_one_as_its_address() -> None:
+    """Addresses of one IPv6 /64 share five tokens a minute; another /64 and IPv4 count apart."""
+    asgi = app(settings())
+    one_64 = [f"2001:db8:1:2:{i:x}::{i + 1:x}" for i in range(6)]
+    replies = [await call(asgi, "POST", "/demo/token", client=ip) for ip in one_64]
+    assert [r.status for r in replies] == [201] * 5 + [429]
+    assert "per /64" in replies[-1].json()["error"]["message"]
+    assert (await call(asgi, "POST", "/demo/token", client="2001:db8:1:3::1")).status == 201
+    # Behind a trusted proxy the forwarded IPv6 client counts as its /64 too.
+    proxied = app(settings(trusted_proxies=parse_networks(["10.0.0.0/8"])))
+    forwarded = [
+        await call(
+            proxied,
+            "POST",
+            "/demo/token",
+            client="10.0.0.1",
+            headers=(("X-Forwarded-For", f"2001:db8:9:9::{i + 1:x}"),),
+        )
+        for i in range(6)
+    ]
+    assert [r.status for r in forwarded] == [201] * 5 + [429]
+    # IPv4 addresses are counted one by one; an IPv4-mapped IPv6 address is its IPv4 one.
+    for ip in ("198.51.100.7", "198.51.100.8"):
+        assert (await call(asgi, "POST", "/demo/token", client=ip)).status == 201
+    for _ in range(3):
+        assert (await call(asgi, "POST", "/demo/token", client="198.51.100.7")).status == 201
+    mapped = await call(asgi, "POST", "/demo/token", client="::ffff:198.51.100.7")
+    assert mapped.status == 201  # the fifth of 198.51.100.7
+    assert (await call(asgi, "POST", "/demo/token", client="198.51.100.7")).status == 429
+
+
+def test_token_limit_key_is_the_64_of_ipv6_and_the_address_of_ipv4() -> None:
+    """token_limit_key: IPv6 to its /64 (any spelling), IPv4 and mapped IPv4 to the address."""
+    assert token_limit_key("2001:db8:1:2:aaaa:bbbb:cccc:dddd") == "2001:db8:1:2::/64"
+    assert token_limit_key("2001:0DB8:0001:0002::1") == "2001:db8:1:2::/64"
+    assert token_limit_key("::1") == "::/64"
+    assert token_limit_key("198.51.100.7") == "198.51.100.7"
+    assert token_limit_key("::ffff:198.51.100.7") == "198.51.100.7"
+    assert token_limit_key("testclient") == "testclient"
 
 
 async def test_guarded_routes_stay_guarded_with_the_demo() -> None:

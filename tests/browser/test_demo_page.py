@@ -368,3 +368,19 @@ def test_the_policy_refuses_what_the_page_does_not_use(
         assert directives == {"script-src-elem", "style-src-attr", "connect-src"}
     finally:
         context.close()
+
+
+def test_a_guest_hosts_at_most_three_rooms_and_may_try_again(open_demo: OpenDemo) -> None:
+    """--demo's max-rooms-per-aid is 3: a fourth room is refused, shown, and Create stays usable."""
+    demo = open_demo()
+    for _ in range(3):
+        demo.create_room()
+        demo.page.click("#leave")
+        expect(demo.page.locator("#lobby")).to_be_visible()
+    demo.wait_online()
+    demo.page.click("#create")
+    status = demo.page.locator("#status")
+    expect(status).to_have_attribute("data-state", "error")
+    expect(status).to_contain_text("tooManyRooms")
+    expect(demo.page.locator("#create")).to_be_enabled()
+    assert demo.snapshot()["roomId"] is None
