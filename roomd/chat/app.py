@@ -314,10 +314,7 @@ class ChatApp(App[None]):
                 self._status(f"{verb} not sent: no answer from roomd")
 
     async def _carry_out(self, request: Request) -> None:
-        # The room is gone from the client once this one left it or was kicked.
-        if not self.in_room or self.room_id not in self.client.rooms:
-            self._status(f"{_VERB[type(request)]} not sent: you are not in the room any more")
-            return
+        # Out of the room meanwhile (left, kicked): the SDK refuses it with notMember.
         match request:
             case Say(text=text):
                 await self.client.send(self.room_id, text)

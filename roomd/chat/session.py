@@ -33,20 +33,17 @@ async def open_chat(options: ChatOptions) -> AsyncIterator[ChatApp]:
         ChatError: roomd could not be reached or refused the token, the
             invite's room could not be joined, or a new room got no key.
     """
-    try:
-        async with contextlib.AsyncExitStack() as stack:
-            try:
-                client = await stack.enter_async_context(
-                    connect_secure(options.url, token=options.token)
-                )
-            except (OSError, HandshakeRefused, TimeoutError) as exc:
-                raise ChatError(f"cannot connect to {options.url}: {exc}") from None
-            room_id = await _enter_room(client, options)
-            yield ChatApp(client, room_id, created=options.invite is None)
-    except AuthenticationFailed as exc:
-        # At the first connection, or at a reconnection (a roomd restarted with another
-        # secret): the SDK then stops, cancelling the block, and raises it on the way out.
-        raise ChatError(str(exc)) from None
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            client = await stack.enter_async_context(
+                connect_secure(options.url, token=options.token)
+            )
+        except AuthenticationFailed as exc:
+            raise ChatError(str(exc)) from None
+        except (OSError, HandshakeRefused, TimeoutError) as exc:
+            raise ChatError(f"cannot connect to {options.url}: {exc}") from None
+        room_id = await _enter_room(client, options)
+        yield ChatApp(client, room_id, created=options.invite is None)
 
 
 async def _enter_room(client: SecureClient, options: ChatOptions) -> str:

@@ -15,7 +15,6 @@ from importlib import resources
 from typing import Any, cast
 
 import attrs
-import orjson
 import pytest
 
 from roomd.api.app import build_app
@@ -26,6 +25,8 @@ from roomd.core.admission import parse_networks
 from roomd.core.stats import LiveCounts, Stats
 from roomd.core.token import verify_token
 from roomd.node import demo_settings
+
+from .test_app import Reply
 
 API_KEY = "demo-test-api-key"
 SECRET = "demo-test-token-secret-0123456789abcdef"
@@ -50,19 +51,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@attrs.frozen
-class Reply:
-    """One HTTP response of the app."""
-
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        assert self.headers["content-type"] == "application/json", self.headers
-        return orjson.loads(self.body)
 
 
 def app(demo: DemoSettings | None) -> Any:
