@@ -8,6 +8,9 @@ redis-server, with every room's members spread over both nodes. It prints the
 server CPU per delivery (the nodes plus redis-server against the one node),
 redis-server's CPU per function call (`INFO commandstats`), the latency
 percentiles and their difference, and what was lost, duplicated or reordered.
+Under each load's redis-server figure it prints the floor: what a lone `PING`
+and a lone no-op `FCALL` cost a fresh redis-server at the rate the load's calls
+came at (bench/redis_floor.py).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench import report
+from bench import redis_floor, report
 from bench.measure import machine, proc_cpu_seconds, raise_open_file_limit, versions
 from bench.run import RESULTS, SERVER_FLAGS, _read_listening, roomd_server, run_variant
 
@@ -41,6 +44,8 @@ LOADS: dict[str, tuple[str, dict[str, Any]]] = {
     "rooms": ("rooms", {"rooms": 60, "size": 10, "rate": 1.0, "duration": 15.0}),
 }
 NODES = 2
+# How long each lone-call floor of redis-server is measured (per kind of call).
+FLOOR_SECONDS = 8.0
 # `--workers 2` against one process: the standard suite's chat mix (CPU-bound alone).
 WORKERS_LOAD = ("rooms", {"rooms": 200, "size": 10, "rate": 1.0, "duration": 15.0})
 
@@ -265,7 +270,8 @@ def main(argv: list[str]) -> int:
         cluster["redis_us_per_fcall"] = round(redis_cpu * 1e6 / calls, 2) if calls else None
         # Over the whole run (set-up and drain too): whether any process was CPU-bound.
         cluster["cpu_share_by_process"] = shares
-        compared.append({"name": name, "single": single, "cluster": cluster})
+        floor = lone_call_floor(calls / settings["duration"]) if calls else None
+        compared.append({"name": name, "single": single, "cluster": cluster, "redis_floor": floor})
     workers = compare_workers(suite_args) if not args.no_workers else None
     print()
     print(table(compared))
@@ -286,6 +292,13 @@ def main(argv: list[str]) -> int:
     if not args.no_write:
         report.write(RESULTS, document, latest="cluster.json")
     return 0
+
+
+def lone_call_floor(rate: float) -> dict[str, Any]:
+    """Return what a lone PING and a lone no-op FCALL cost a fresh redis-server at `rate`/s."""
+    print(f"redis-server floor: lone calls at {rate:.0f}/s", file=sys.stderr, flush=True)
+    with redis_server() as (redis, port):
+        return redis_floor.measure(port, redis.pid, rate, FLOOR_SECONDS)
 
 
 def table(compared: list[dict[str, Any]]) -> str:
@@ -312,4 +325,10 @@ def table(compared: list[dict[str, Any]]) -> str:
         )
         extra_p50 = (cluster["latency_ms"]["p50"] or 0) - (single["latency_ms"]["p50"] or 0)
         lines.append(f"{'':<16} {'extra':<8} {'':>8} {extra_cpu:>+9.2f} {'':>6} {extra_p50:>+7.2f}")
+        floor = item.get("redis_floor")
+        if floor is not None:
+            lines.append(
+                f"{'':<16} {'floor':<8} redis-server per lone call at {floor['calls_per_s']:.0f}/s:"
+                f" PING {floor['ping_us']:.1f} us, no-op FCALL {floor['no_op_fcall_us']:.1f} us"
+            )
     return "\n".join(lines)
