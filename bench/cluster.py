@@ -205,6 +205,7 @@ def compare_workers(suite_args: argparse.Namespace) -> dict[str, Any]:
     secret = secrets.token_urlsafe(32)
     with redis_server() as (redis, port), workers_node(port, secret, 2) as (url, pids):
         processes = {f"worker{i}": pid for i, pid in enumerate(pids)} | {"redis": redis.pid}
+        processes["generator"] = os.getpid()
         both, shares = per_process(
             processes,
             lambda: run_variant(
@@ -252,6 +253,7 @@ def main(argv: list[str]) -> int:
             (url, pid), others = nodes[0], nodes[1:]
             calls0, redis_cpu0 = fcalls(port), proc_cpu_seconds(redis.pid)
             processes = {f"node{i}": p for i, (_, p) in enumerate(nodes)} | {"redis": redis.pid}
+            processes["generator"] = os.getpid()  # this process: the load's one generator
             run = partial(
                 run_variant,
                 name,
@@ -277,7 +279,10 @@ def main(argv: list[str]) -> int:
     print(table(compared))
     for item in compared:
         shares = item["cluster"]["cpu_share_by_process"]
-        print(f"{item['name']}: CPU share by process over the run: {shares}")
+        print(
+            f"{item['name']}: CPU share by process over the run: {shares};"
+            f" together {sum(shares.values()):.2f} of {os.cpu_count()} cores"
+        )
     if workers is not None:
         print(workers_table(workers))
     document = {
