@@ -10,6 +10,8 @@ which Redis answers with the same replies (`ssubscribe`, `smessage`).
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 from anyio import Event
@@ -18,9 +20,33 @@ from coredis.exceptions import ConnectionError
 from coredis.patterns.pubsub import PubSub
 from coredis.typing import StringT
 
+# (channel, data) of one channel message.
+OnMessage = Callable[[bytes, bytes], None]
+
 
 class ShardedPubSub(PubSub[Any]):
-    """A standalone coredis `PubSub` whose channels are sharded ones."""
+    """A standalone coredis `PubSub` whose channels are sharded ones.
+
+    Channel messages go to `on_message` as they are read, rather than through
+    `get_message` (which still yields the (un)subscription confirmations).
+    """
+
+    def __init__(self, *args: Any, on_message: OnMessage, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_message = on_message
+
+    async def _consume_push_messages(self) -> None:
+        # coredis hands each push message to one more task (`get_message`'s
+        # stream): on every room event of a busy node, that wake is a hop of
+        # latency and CPU. Channel messages skip it.
+        async for response in self.connection.push_messages:
+            self._last_checkin = time.monotonic()
+            if response[0] == b"smessage":
+                _, channel, data = response
+                assert isinstance(channel, bytes) and isinstance(data, bytes)
+                self.on_message(channel, data)
+                continue
+            self._send_stream.send_nowait(await self._handle_message(response))
 
     async def subscribe(self, *channels: StringT, **handlers: Any) -> None:
         """Subscribe to `channels` (`SSUBSCRIBE`); return once Redis confirmed each."""

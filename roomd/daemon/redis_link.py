@@ -200,7 +200,9 @@ class RedisLink:
         started = False
         while True:
             try:
-                async with ShardedPubSub(self.redis.connection_pool, retry_policy=None) as pubsub:
+                async with ShardedPubSub(
+                    self.redis.connection_pool, retry_policy=None, on_message=self._channel_message
+                ) as pubsub:
                     if started:
                         await self.on_resume(self, pubsub)
                     self._pubsub = pubsub
@@ -221,14 +223,11 @@ class RedisLink:
             await trio.sleep(RETRY_EVERY)
 
     async def _listen(self, pubsub: ShardedPubSub) -> None:
-        prefix, suffix = len("roomd:{"), -1
-        while True:
-            message = await pubsub.get_message()
-            if message is None or message["type"] != "message":
-                continue
-            data = message["data"]
-            assert isinstance(data, bytes)
-            self.on_message(self, ops.text(message["channel"])[prefix:suffix], data)
+        while True:  # what is left: (un)subscription confirmations, read lest they pile up
+            await pubsub.get_message()
+
+    def _channel_message(self, channel: bytes, data: bytes) -> None:
+        self.on_message(self, ops.text(channel)[len("roomd:{") : -1], data)
 
     async def subscribe(self, room_id: str) -> None:
         """Return once this node is subscribed to `room_id`'s channel; raises if it cannot be."""
