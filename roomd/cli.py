@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import logging
 import os
 import resource
@@ -72,6 +73,9 @@ async def serve(config: Config, ip_counts: IpCounts | None = None) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             bound = await nursery.start(node.run)
+            # What start-up made (modules, the app, restored rooms) lives as long as the
+            # process: keep it out of every later garbage collection's scan.
+            gc.freeze()
             print(f"listening {config.ws_url(bound.port)}", flush=True)
             if bound.api_url is not None:
                 print(f"api {bound.api_url}", flush=True)

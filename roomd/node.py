@@ -24,7 +24,6 @@ from functools import partial
 from pathlib import Path
 
 import attrs
-import coredis
 import trio
 
 from roomd.api.app import build_app
@@ -115,6 +114,8 @@ class Node:
                 " must share the token secret and API key, so none is read from or generated"
                 " in the data dir"
             )
+        import coredis  # only a cluster node loads it (roomd/daemon/server.py says why)
+
         server = Server(
             config=config,
             token_secret=env[SECRET_ENV],

@@ -75,6 +75,9 @@ class AnyRoom:
         return True
 
 
+ANY_ROOM = AnyRoom()
+
+
 def spread(room_id: str, count: int) -> int:
     """Return the index of the Redis that holds `room_id`, of `count` (the same on every node)."""
     return zlib.crc32(room_id.encode()) % count
@@ -119,6 +122,11 @@ class ClusterRooms:
     def link_of(self, room_id: str) -> RedisLink:
         """Return the link to the Redis that holds `room_id`."""
         return self.links[spread(room_id, len(self.links))]
+
+    @property
+    def room_ids(self) -> AnyRoom:
+        """The rooms a connection may name: any (Redis says which exist)."""
+        return ANY_ROOM
 
     @property
     def subscription_count(self) -> int:

@@ -27,7 +27,7 @@ import logging
 import os
 import secrets
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -53,7 +53,6 @@ from roomd.core.frames import OP_BINARY, OP_PING, ClientFrames
 from roomd.core.refusal import RefusalLog
 from roomd.core.room import room_tag
 from roomd.core.stats import Stats
-from roomd.daemon.cluster_rooms import AnyRoom, ClusterRooms
 from roomd.daemon.handshake import RECEIVE_SIZE, log_refusal, refuse_at_first_bytes, upgrade
 from roomd.daemon.outbox import Flusher, socket_fd
 from roomd.daemon.registry import RoomRegistry, new_epoch, new_room_id
@@ -62,7 +61,9 @@ from roomd.daemon.session import Session, Sessions
 from roomd.daemon.timekeeper import Timekeeper
 from roomd.errors import CloseCode, ProtocolError
 
-ANY_ROOM = AnyRoom()
+if TYPE_CHECKING:  # the cluster's modules load only with --cluster (roomd/daemon/server.py)
+    from roomd.daemon.cluster_rooms import ClusterRooms
+
 log = logging.getLogger("roomd.reader")
 
 # How many WebSocket events of one read the reader handles before it lets others run.
@@ -353,7 +354,7 @@ class Reader:
     async def _receive_message(self, session: Session, payload: str | bytes) -> None:
         # The clock read per frame: handing one to a room may have waited.
         context = self.context
-        room_ids = context.registry if context.cluster is None else ANY_ROOM
+        room_ids = context.registry if context.cluster is None else context.cluster.room_ids
         actions = session.connection.receive_frame(
             payload, trio.current_time(), context.wall_ms(), room_ids
         )

@@ -35,9 +35,9 @@ import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
-import coredis
 import trio
 
 from roomd.config import Config
@@ -47,8 +47,6 @@ from roomd.core.quota import RoomQuota
 from roomd.core.refusal import RefusalLog
 from roomd.core.stats import Stats
 from roomd.daemon.bus import BusEvent, EventBus, Kick, LocalEventBus
-from roomd.daemon.cluster_control import ClusterControl
-from roomd.daemon.cluster_rooms import ClusterRooms
 from roomd.daemon.control import RoomControl
 from roomd.daemon.outbox import Flusher
 from roomd.daemon.reader import ConnectionContext, serve_connection
@@ -57,6 +55,12 @@ from roomd.daemon.session import Sessions
 from roomd.daemon.timekeeper import Timekeeper
 from roomd.daemon.writer import StoreWriter
 from roomd.store import RoomStore
+
+if TYPE_CHECKING:
+    import coredis
+
+    from roomd.daemon.cluster_control import ClusterControl
+    from roomd.daemon.cluster_rooms import ClusterRooms
 
 log = logging.getLogger("roomd.server")
 # The listen backlog of a worker's socket (trio's own default for its listeners).
@@ -204,8 +208,12 @@ class Server:
             await server_nursery.start(registry.run_expiry)
             await server_nursery.start(flusher.run)
             await server_nursery.start(self.bus.run, partial(_to_room, registry))
-            cluster = None
+            cluster: ClusterRooms | None = None
             if self.redis:
+                # Imported here: coredis and the cluster's modules (about 500 modules,
+                # 30,000 objects the garbage collector would scan) load only with --cluster.
+                from roomd.daemon.cluster_rooms import ClusterRooms
+
                 cluster = ClusterRooms(
                     config, self.redis, self.node_id, self.stats, self.wall_ms, sessions=sessions
                 )
@@ -245,6 +253,8 @@ class Server:
                     registry, self.bus, admission, sessions
                 )
                 if cluster is not None:
+                    from roomd.daemon.cluster_control import ClusterControl
+
                     control = ClusterControl(cluster, admission, sessions)
                 task_status.started(
                     Running(_bound_port(listeners[0]), control, registry, sessions, admission)
