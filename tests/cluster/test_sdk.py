@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
 import anyio
@@ -32,13 +33,11 @@ async def next_of(client: SecureClient, kind: type[E], test: Callable[[E], bool]
                 return event
 
 
-async def test_a_message_sent_while_redis_is_away_arrives_once_it_is_back(
-    nodes: Callable[..., list[RoomdProcess]], redis_server: RedisServer
-) -> None:
-    """Encrypted across two nodes; Redis stops: the SDK retries after `retryAfter` and through
-    the restore's reconnect; bob gets a Gap and reads the message once: live, or in the history
-    the Gap tells him to page when it was ordered before his rejoin."""
-    n0, n1 = nodes(2, "--cluster-timeout", "1")
+@contextlib.asynccontextmanager
+async def conversation(
+    n0: RoomdProcess, n1: RoomdProcess
+) -> AsyncIterator[tuple[SecureClient, SecureClient, str]]:
+    """Yield alice on `n0` hosting an encrypted room, and bob on `n1` admitted and reading it."""
     async with (
         connect_secure(n0.url, token=token("alice")) as alice,
         connect_secure(n1.url, token=token("bob")) as bob,
@@ -48,6 +47,17 @@ async def test_a_message_sent_while_redis_is_away_arrives_once_it_is_back(
         await next_of(alice, Admitted)
         await alice.send(room, "before")
         assert (await next_of(bob, Message)).text == "before"
+        yield alice, bob, room
+
+
+async def test_a_message_sent_while_redis_is_away_arrives_once_it_is_back(
+    nodes: Callable[..., list[RoomdProcess]], redis_server: RedisServer
+) -> None:
+    """Encrypted across two nodes; Redis stops: the SDK retries after `retryAfter` and through
+    the restore's reconnect; bob gets a Gap and reads the message once: live, or in the history
+    the Gap tells him to page when it was ordered before his rejoin."""
+    n0, n1 = nodes(2, "--cluster-timeout", "1")
+    async with conversation(n0, n1) as (alice, bob, room):
         redis_server.stop()
         async with anyio.create_task_group() as tasks:
             sent: list[Message] = []
@@ -78,15 +88,7 @@ async def test_a_message_ordered_while_a_member_is_cut_off_is_in_the_history_its
     """Redis restarts while bob's node is frozen: the room is restored and alice's message
     ordered before bob can rejoin, so his Gap covers it and the history he pages holds it."""
     n0, n1 = nodes(2, "--cluster-timeout", "1")
-    async with (
-        connect_secure(n0.url, token=token("alice")) as alice,
-        connect_secure(n1.url, token=token("bob")) as bob,
-    ):
-        room = await alice.create_room()
-        await bob.join(alice.invite_link(room))
-        await next_of(alice, Admitted)
-        await alice.send(room, "before")
-        assert (await next_of(bob, Message)).text == "before"
+    async with conversation(n0, n1) as (alice, bob, room):
         redis_server.stop()
         n1.proc.send_signal(signal.SIGSTOP)
         try:
