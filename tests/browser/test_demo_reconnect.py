@@ -351,11 +351,11 @@ def test_a_burst_of_messages_is_paced_under_the_rate_limit(open_demo: OpenDemo) 
     for page in (a, b):
         page.wait_message(a_aid, texts[-1])
         assert page.texts() == [(a_aid, text) for text in texts]
+    # Forty frames at once are ten past roomd's burst of 30: unpaced, roomd would refuse ten.
+    # (When the tap saw each frame is no measure: a stall of its thread bunches them up.)
     refusals = [f for _, f in tap.down if f.get("type") == "error"]
     assert refusals == []
-    # 27 (the burst, 30 - 3) go at once, the other 13 at 9.5 a second: about 1.4 s, not 0.
-    sent = [t for t, f in tap.up if f.get("type") == "message"]
-    assert sent[-1] - sent[0] >= 1.0
+    assert len([f for _, f in tap.up if f.get("type") == "message"]) == len(texts)
 
 
 def test_reconnects_back_off_from_a_tenth_of_a_second_doubling(open_demo: OpenDemo) -> None:
