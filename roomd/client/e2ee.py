@@ -45,8 +45,6 @@ _KEY_WRAP_INFO = b"roomd-e2ee-v1 key-wrap"
 _KNOCK_INFO = b"roomd-e2ee-v1 knock"
 
 _KEY_LEN = 32
-PUBLIC_KEY_LEN = 32
-"""Length of a raw X25519 public key: the only `publicKey` a delivery can be sealed to."""
 _NONCE_LEN = 12
 _TAG_LEN = 16
 _EPOCH = struct.Struct(">Q")
@@ -194,6 +192,24 @@ def deliver_key(
     key = wrap_key(shared, room_id, _KEY_WRAP_INFO)
     sealed = AESGCM(key).encrypt(nonce, room_key, ad(room_id, epoch))
     return bytes([KEY_DELIVERY]) + _epoch(epoch) + public_bytes(sender_private) + nonce + sealed
+
+
+def can_receive_deliveries(public_key: bytes) -> bool:
+    """Return whether a key delivery can be sealed to `public_key` (`deliver_key` takes it).
+
+    That is: 32 bytes, and not a point of low order, with which no shared secret exists.
+    """
+    if len(public_key) != _KEY_LEN:
+        return False
+    try:
+        # Any scalar gives the all-zero secret with a low-order point (X25519 clamps to x8).
+        _LOW_ORDER_PROBE.exchange(X25519PublicKey.from_public_bytes(public_key))
+    except ValueError:
+        return False
+    return True
+
+
+_LOW_ORDER_PROBE = X25519PrivateKey.generate()
 
 
 def open_delivery(recipient_private: X25519PrivateKey, room_id: str, payload: bytes) -> KeyDelivery:

@@ -356,7 +356,7 @@ class SecureRoom:
 
     def _deliverable(self, aid: str) -> bool:
         key = self.members.get(aid)
-        return key is not None and len(key) == e2ee.PUBLIC_KEY_LEN
+        return key is not None and e2ee.can_receive_deliveries(key)
 
     # -- helpers -------------------------------------------------------------------------
 

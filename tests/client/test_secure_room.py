@@ -311,6 +311,19 @@ def test_a_listed_key_of_the_wrong_size_never_crashes_the_host() -> None:
     assert "odd" not in alice.admitted
 
 
+def test_a_member_rejoining_with_a_low_order_key_gets_no_delivery_and_crashes_no_rotation() -> None:
+    """bob comes back listing an all-zero key (no shared secret): the rotation skips him."""
+    alice, relay = created_room()
+    invite(alice, relay, "bob")
+    invite(alice, relay, "carol")
+    alice.receive(UserLeft(ROOM, "bob", "disconnected"))
+    alice.receive(UserJoined(ROOM, "bob", bytes(32)))
+    (update,) = alice.receive(UserLeft(ROOM, "carol", "left")).actions
+    assert isinstance(update, UpdateKey)
+    confirmed = alice.receive(RoomKeyUpdated(ROOM, update.sealed, "alice", update.key_epoch))
+    assert confirmed.actions == ()
+
+
 def test_a_refused_delivery_batch_goes_again_to_those_still_present() -> None:
     """notFound for a batch (someone left meanwhile): the same deliveries, minus the absent."""
     alice, relay = created_room()
