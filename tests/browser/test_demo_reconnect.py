@@ -167,7 +167,7 @@ def test_a_message_that_never_reached_roomd_is_sent_after_the_rejoin(open_demo: 
     tap = Tap()
     a = open_demo()
     b = open_demo(a.create_room(), prepare=tap.prepare)
-    a_aid, b_aid = a.aid, b.aid
+    b_aid = b.aid
     b.wait_key(1)
     wait_admitted(a, b_aid)
     tap.hold_up["message"] = 1
@@ -185,7 +185,6 @@ def test_a_message_that_never_reached_roomd_is_sent_after_the_rejoin(open_demo: 
     a.wait_message(b_aid, "after")
     for page in (a, b):
         assert page.texts() == [(b_aid, "lost with the connection"), (b_aid, "after")]
-    assert a_aid not in {sender for sender, _ in a.texts()}
 
 
 def _unrecoverable(frame: Frame) -> Frame:
