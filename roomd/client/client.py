@@ -65,9 +65,10 @@ _T = TypeVar("_T")
 TokenSource = str | Callable[[], Awaitable[str]]
 
 REQUEST_TIMEOUT = 30.0
-# Errors after which roomd did nothing and asks to be asked again after `retryAfter`.
-RETRYABLE = frozenset({"rateLimited", "unavailable"})
 EVENT_BUFFER = 10_000
+# Frames sent without waiting for a reply, remembered by id so that an error answering
+# one can name it; roomd answers within a round trip, so the newest few suffice.
+FIRED_REMEMBERED = 64
 
 
 @attrs.define(eq=False)
@@ -88,6 +89,7 @@ class Client:
     _ids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
     _by_id: dict[int, Waiter] = attrs.field(factory=dict)
     _matchers: list[Waiter] = attrs.field(factory=list)
+    _fired: dict[int, Frame] = attrs.field(factory=dict)
     _echo_waiters: dict[str, Waiter] = attrs.field(factory=dict)
     _pacer: Pacer = attrs.field(factory=lambda: Pacer.from_limits(10.0, 30.0))
     _pacing: anyio.Lock = attrs.field(factory=anyio.Lock)
@@ -292,7 +294,7 @@ class Client:
 
     async def _fire(self, frame: Frame) -> None:
         await self._wait_ready()
-        await self._send_frame(frame, None)
+        await self._send_frame(frame, None, fired=True)
 
     async def _request(
         self, frame: Frame, match: Match | None, *, public_key: bytes | None = None
@@ -319,7 +321,7 @@ class Client:
             with anyio.fail_after(REQUEST_TIMEOUT):
                 await waiter.done.wait()
             result = waiter.result
-            if isinstance(result, ErrorEvent) and result.code in RETRYABLE:
+            if isinstance(result, ErrorEvent) and result.retryable:
                 # Re-arm first: a rejoin may resend a message and its echo settle it meanwhile.
                 waiter.rearm()
                 generation = self._generation
@@ -342,12 +344,22 @@ class Client:
             return result
 
     async def _send_frame(
-        self, frame: Frame, waiter: Waiter | None, *, public_key: bytes | None = None
+        self,
+        frame: Frame,
+        waiter: Waiter | None,
+        *,
+        public_key: bytes | None = None,
+        fired: bool = False,
     ) -> int:
         request_id = next(self._ids)
         if waiter is not None:
             waiter.public_key = public_key
             self._by_id[request_id] = waiter
+        if fired:
+            # Before sending: the reader may take roomd's answer before this task resumes.
+            self._fired[request_id] = frame
+            if len(self._fired) > FIRED_REMEMBERED:
+                del self._fired[next(iter(self._fired))]
         websocket = self._websocket
         if websocket is None:
             raise ConnectionLost("not connected")
@@ -427,6 +439,7 @@ class Client:
             if waiter not in echoes:
                 waiter.resolve(lost)
         self._by_id.clear()
+        self._fired.clear()
 
     def _stop(self, exc: BaseException) -> None:
         self._stopped = exc
@@ -531,7 +544,11 @@ class Client:
             logger.warning("ignoring a frame roomd sent that this SDK cannot read: %s", exc)
             return
         request_id = frame.get("id") if isinstance(frame, dict) else None
-        waiter = self._by_id.pop(request_id, None) if isinstance(request_id, int) else None
+        if not isinstance(request_id, int):
+            request_id = None
+        if isinstance(event, ErrorEvent) and request_id in self._fired:
+            event = self._fired_refused(event, self._fired.pop(request_id))
+        waiter = self._by_id.pop(request_id, None) if request_id is not None else None
         if waiter is not None and isinstance(event, ErrorEvent):
             waiter.resolve(event)
             return
@@ -552,6 +569,12 @@ class Client:
                         await self._send_frame(unechoed, echo)
         if received.ready and not self.session.replaying():
             self._replayed.set()
+
+    def _fired_refused(self, error: ErrorEvent, frame: Frame) -> ErrorEvent:
+        """Return `error` naming the frame it refused; a `retryAfter` holds every send."""
+        if error.retryable:
+            self._pacer.hold(anyio.current_time(), error.retry_after or 1.0)
+        return attrs.evolve(error, request=frame)
 
     def _resolve(self, event: Event) -> None:
         if isinstance(event, NewMessage) and event.client_msg_id is not None:

@@ -177,13 +177,25 @@ class RoomDeleted:
 
 @attrs.frozen
 class ErrorEvent:
-    """An `error`: a request was refused and nothing changed."""
+    """An `error`: a request was refused and nothing changed.
+
+    `request` is the refused frame when it was one the SDK sends without
+    waiting for a reply (`typing`, `reaction`, `signal`), so its sender can
+    send it again; None otherwise.
+    """
 
     code: str
     message: str
     room_id: str | None
     retry_after: float | None
     key_epoch: int | None
+    # Out of the repr and equality: the frame holds blobs (signal payloads).
+    request: Mapping[str, Any] | None = attrs.field(default=None, repr=False, eq=False)
+
+    @property
+    def retryable(self) -> bool:
+        """Whether roomd did nothing and asks for the request again after `retry_after`."""
+        return self.code in ("rateLimited", "unavailable")
 
 
 @attrs.frozen

@@ -219,6 +219,8 @@ class SecureClient:
 
     def _room_for(self, event: Event) -> SecureRoom | None:
         room_id = getattr(event, "room_id", None)
+        if room_id is None and isinstance(event, ErrorEvent) and event.request is not None:
+            room_id = event.request.get("roomId")
         if room_id is None:
             return None
         room = self.rooms.get(room_id)

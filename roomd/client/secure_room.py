@@ -18,7 +18,9 @@ clock.
   a room whose current key it lacks or whose rotation it still owes. Once
   `roomKeyUpdated` confirms the rotation, it delivers the new key to every
   admitted member still present, in one batch; a batch roomd refuses because
-  one recipient left goes again without them.
+  one recipient left goes again without them (once this client has seen them
+  go), and one refused with `rateLimited` or `unavailable` goes again as it was
+  (the shell holds its sends for `retryAfter`).
 - A delivery is taken only from the current host, sealed by the public key
   the room lists for it. A message whose key is not held yet is reported
   `Unreadable` and read (reported as a `Message` with the same `seq`) when the
@@ -160,8 +162,9 @@ class SecureRoom:
     _rotation: _Rotation | None = attrs.field(default=None, repr=False)
     # A rotation that could not be sent (the connection dropped): made on the next join.
     _rotation_owed: bool = False
-    # The last batch of key deliveries, sent again without whoever left if roomd refuses it.
-    _last_deliveries: tuple[tuple[str, bytes], ...] = attrs.field(default=(), repr=False)
+    # Signals of a batch roomd refused because a recipient had gone, kept until this
+    # client sees that recipient go too; then the rest go again.
+    _refused: tuple[tuple[str, bytes], ...] = attrs.field(default=(), repr=False)
     _held: dict[int, list[NewMessage]] = attrs.field(factory=dict, repr=False)
     # Secrets a kick retired: they still let an admitted member back from an absence
     # knock, never anyone new.
@@ -196,11 +199,12 @@ class SecureRoom:
             case UserJoined(aid=aid, public_key=public_key):
                 self.members.setdefault(aid, public_key)
             case UserLeft(aid=aid, reason=reason):
-                return self._left(event, aid, reason)
+                left = self._left(event, aid, reason)
+                return Outcome(left.events, left.actions + self._resend_refused())
             case HostUpdated(host=host):
                 return self._host_updated(event, host)
-            case ErrorEvent(code="notFound") if self._last_deliveries:
-                return self._deliveries_refused(event)
+            case ErrorEvent(request={"type": "signal"}):
+                return self._signals_refused(event)
         return Outcome((event,))
 
     def rotation_refused(self, current: int) -> Outcome:
@@ -237,6 +241,7 @@ class SecureRoom:
         self.host = event.host
         self.members = {m.aid: m.public_key for m in event.members}
         self.key_epoch = event.key_epoch  # roomd's order decides, even after it lost data
+        self._refused = ()  # whoever still needs a key knocks again to this connection
         events: tuple[SecureEvent, ...] = (event,)
         if event.encrypted_room_key is not None and event.key_epoch not in self.keys:
             self._open_sealed(event.key_epoch, event.encrypted_room_key)
@@ -291,7 +296,7 @@ class SecureRoom:
             )
             rotated = KeyRotated(self.room_id, event.key_epoch, event.by, True)
             events = (rotated, *self._release(rotation.key_epoch))
-            return Outcome(events, self._send_deliveries(deliveries))
+            return Outcome(events, _batch(self.room_id, deliveries))
         if event.key_epoch not in self.keys:
             self._open_sealed(event.key_epoch, event.encrypted_room_key)
         readable = event.key_epoch in self.keys
@@ -341,18 +346,30 @@ class SecureRoom:
         ]
         deliveries = tuple((event.sender, self._delivery(event.sender, e)) for e in epochs)
         events = (Admitted(self.room_id, event.sender),) if first_new else ()
-        return Outcome(events, self._send_deliveries(deliveries))
+        return Outcome(events, _batch(self.room_id, deliveries))
 
-    def _deliveries_refused(self, event: ErrorEvent) -> Outcome:
-        # roomd refuses a whole batch when one recipient has left (PROTOCOL.md 8.6):
-        # send it again to those still here.
-        remaining = tuple((aid, p) for aid, p in self._last_deliveries if aid in self.members)
-        self._last_deliveries = ()
-        return Outcome((event,), self._send_deliveries(remaining))
+    def _signals_refused(self, error: ErrorEvent) -> Outcome:
+        assert error.request is not None
+        refused = tuple(
+            (signal["to"], signal["payload"]) for signal in error.request.get("signals", ())
+        )
+        present = tuple((aid, payload) for aid, payload in refused if aid in self.members)
+        if error.retryable:
+            return Outcome((error,), _batch(self.room_id, present))
+        if error.code != "notFound":
+            return Outcome((error,))
+        # roomd refuses a whole batch when one recipient has gone (PROTOCOL.md 8.6). Once
+        # this client has seen them go too, the rest goes again; until then resending
+        # would be refused the same way (in a cluster the refusal can come first).
+        self._refused += tuple(signal for signal in refused if signal not in self._refused)
+        return Outcome((error,), self._resend_refused())
 
-    def _send_deliveries(self, deliveries: tuple[tuple[str, bytes], ...]) -> tuple[Action, ...]:
-        self._last_deliveries = deliveries
-        return (Signals(self.room_id, deliveries),) if deliveries else ()
+    def _resend_refused(self) -> tuple[Action, ...]:
+        present = tuple((aid, payload) for aid, payload in self._refused if aid in self.members)
+        if len(present) == len(self._refused):
+            return ()
+        self._refused = ()
+        return _batch(self.room_id, present)
 
     def _deliverable(self, aid: str) -> bool:
         key = self.members.get(aid)
@@ -412,7 +429,7 @@ class SecureRoom:
             (self.host, e2ee.knock(secret, self.room_id, self.me, self.public_key, next_epoch))
             for secret in self.secrets[-KNOCK_SECRETS:]
         )
-        return (Signals(self.room_id, knocks),) if knocks else ()
+        return _batch(self.room_id, knocks)
 
     def _rotate(self) -> UpdateKey:
         rotation = _Rotation(self.key_epoch + 1, e2ee.new_secret(), e2ee.new_secret())
@@ -427,3 +444,7 @@ class SecureRoom:
         recipient = self.members[aid]
         assert recipient is not None
         return e2ee.deliver_key(self.device, recipient, self.room_id, epoch, self.keys[epoch])
+
+
+def _batch(room_id: str, signals: tuple[tuple[str, bytes], ...]) -> tuple[Action, ...]:
+    return (Signals(room_id, signals),) if signals else ()

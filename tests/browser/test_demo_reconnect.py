@@ -330,6 +330,36 @@ def test_a_rotation_refused_for_now_is_tried_again_after_retry_after(
     assert "2" not in c.snapshot()["keys"]
 
 
+@pytest.mark.parametrize("code", ["rateLimited", "unavailable"])
+def test_a_knock_refused_for_now_is_sent_again_after_retry_after(
+    open_demo: OpenDemo, code: str
+) -> None:
+    """A joiner's knock answered rateLimited or unavailable goes again, and the host admits."""
+    tap = Tap()
+    refused: list[float] = []
+
+    def refuse_first_knock(frame: Frame) -> Frame | None:
+        if frame.get("type") != "signal" or refused:
+            return None
+        refused.append(time.monotonic())
+        return {
+            "type": "error",
+            "code": code,
+            "message": "try again later",
+            "id": frame["id"],
+            "roomId": frame["roomId"],
+            "retryAfter": 0.3,
+        }
+
+    tap.answer = refuse_first_knock
+    a = open_demo()
+    b = open_demo(a.create_room(), prepare=tap.prepare)
+    wait_admitted(a, b.aid)
+    knocks = [t for t, f in tap.up if f.get("type") == "signal"]
+    assert len(refused) == 1 and len(knocks) == 2
+    assert knocks[1] - refused[0] >= 0.3
+
+
 def test_a_burst_of_messages_is_paced_under_the_rate_limit(open_demo: OpenDemo) -> None:
     """Forty messages at once go out paced by hello.limits: each arrives once, and roomd
     refuses fewer than the ten it would refuse of an unpaced burst (none, unless stalled)."""
@@ -366,24 +396,44 @@ def test_a_burst_of_messages_is_paced_under_the_rate_limit(open_demo: OpenDemo) 
             assert shown == expected
 
 
+# Records the delay of every reconnect the page schedules (its `connect` by name), so
+# the backoff is read exactly, not from wall-clock gaps a stalled thread would stretch.
+RECORD_RECONNECTS = """
+window.reconnectDelays = [];
+const setTimeoutAsGiven = window.setTimeout;
+window.setTimeout = function (callback, delay, ...rest) {
+  if (typeof callback === "function" && callback.name === "connect") {
+    window.reconnectDelays.push(delay);
+  }
+  return setTimeoutAsGiven.call(this, callback, delay, ...rest);
+};
+"""
+
+
 def test_reconnects_back_off_from_a_tenth_of_a_second_doubling(open_demo: OpenDemo) -> None:
     """After a drop the page retries after ~0.1 s, doubling each failure; an authOk starts over."""
     tap = Tap()
-    a = open_demo(prepare=tap.prepare)
+
+    def prepare(page: Page) -> None:
+        page.add_init_script(RECORD_RECONNECTS)
+        tap.prepare(page)
+
+    a = open_demo(prepare=prepare)
     a.wait_online()
     tap.refuse = 4
-    dropped = time.monotonic()
     tap.drop()
     wait_for(a.page, lambda: len(tap.attempts) == 6, "four refused attempts and a fifth")
     a.wait_online()
-    times = [dropped, *tap.attempts[1:]]
-    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
-    # Attempt n waits 0.1 * 2**(n-1) s, less up to half of it: 0.05-0.1, ..., 0.8-1.6 s.
-    assert gaps[0] < 0.5, gaps
-    assert gaps[4] >= 0.75 and gaps[4] > gaps[1], gaps
+    delays = a.page.evaluate("window.reconnectDelays")
+    # Attempt n waits 100 * 2**(n-1) ms, less up to half of it: 50-100, ..., 800-1600 ms.
+    assert len(delays) == 5, delays
+    for n, delay in enumerate(delays, start=1):
+        assert 50 * 2 ** (n - 1) <= delay <= 100 * 2 ** (n - 1), delays
+    # Each attempt came no sooner than the page said it would.
+    gaps = [later - earlier for earlier, later in itertools.pairwise(tap.attempts[1:])]
+    assert all(gap >= delay / 1000 - 0.02 for gap, delay in zip(gaps, delays[1:], strict=True))
     # Online again: the next drop starts from 0.1 s.
-    dropped = time.monotonic()
     tap.drop()
     wait_for(a.page, lambda: len(tap.attempts) == 7, "a reconnect")
-    assert tap.attempts[-1] - dropped < 0.5
+    assert 50 <= a.page.evaluate("window.reconnectDelays.at(-1)") <= 100
     a.wait_online()

@@ -18,6 +18,7 @@ import pytest
 from roomd.client.client import Client, ConnectionLost, RequestError, connect
 from roomd.client.events import (
     Disconnected,
+    ErrorEvent,
     Event,
     Joined,
     NewMessage,
@@ -75,6 +76,20 @@ async def rooms_events_and_replies(start: Start) -> None:
         with anyio.fail_after(WAIT):
             typing = await alice.next_event(of_type(Typing))
         assert typing == Typing(created.room_id, "bob", True)
+
+        # A refusal of a frame sent without waiting (a signal) names the frame refused.
+        await alice.signal(created.room_id, [("bob", b"to bob"), ("nobody", b"to nobody")])
+        with anyio.fail_after(WAIT):
+            refusal = await alice.next_event(of_type(ErrorEvent))
+        assert isinstance(refusal, ErrorEvent) and refusal.code == "notFound"
+        assert refusal.request == {
+            "type": "signal",
+            "roomId": created.room_id,
+            "signals": [
+                {"to": "bob", "payload": b"to bob"},
+                {"to": "nobody", "payload": b"to nobody"},
+            ],
+        }
 
         page = await bob.get_history(created.room_id, limit=1)
         assert [m.seq for m in page.messages] == [2] and page.more

@@ -324,21 +324,93 @@ def test_a_member_rejoining_with_a_low_order_key_gets_no_delivery_and_crashes_no
     assert confirmed.actions == ()
 
 
-def test_a_refused_delivery_batch_goes_again_to_those_still_present() -> None:
-    """notFound for a batch (someone left meanwhile): the same deliveries, minus the absent."""
-    alice, relay = created_room()
-    for aid in ("bob", "carol", "dave"):
+def refusal(code: str, batch: Signals, retry_after: float | None = None) -> ErrorEvent:
+    """Return roomd's `code` refusal of `batch`, naming the frame as the SDK's client does."""
+    signals = [{"to": to, "payload": payload} for to, payload in batch.signals]
+    request = {"type": "signal", "roomId": ROOM, "signals": signals}
+    return ErrorEvent(code, "refused", ROOM, retry_after, None, request)
+
+
+def rotated_for(alice: SecureRoom, relay: Relay, *aids: str) -> Signals:
+    """Invite `aids` and one more who leaves; return the batch of the rotation that follows."""
+    for aid in (*aids, "zed"):
         invite(alice, relay, aid)
-    (update,) = alice.receive(UserLeft(ROOM, "dave", "left")).actions
+    del relay.rooms["zed"]
+    (update,) = alice.receive(UserLeft(ROOM, "zed", "left")).actions
     assert isinstance(update, UpdateKey)
     confirmed = alice.receive(RoomKeyUpdated(ROOM, update.sealed, "alice", update.key_epoch))
     (batch,) = confirmed.actions
-    assert isinstance(batch, Signals) and [to for to, _ in batch.signals] == ["bob", "carol"]
+    assert isinstance(batch, Signals) and [to for to, _ in batch.signals] == list(aids)
+    return batch
+
+
+def test_a_refused_delivery_batch_goes_again_to_those_still_present() -> None:
+    """notFound for a batch (someone left meanwhile): the same deliveries, minus the absent."""
+    alice, relay = created_room()
+    batch = rotated_for(alice, relay, "bob", "carol")
     # carol's connection went before roomd took the batch: roomd refused all of it.
     alice.receive(UserLeft(ROOM, "carol", "disconnected"))
-    again = alice.receive(ErrorEvent("notFound", "'carol' is not in the room", ROOM, None, None))
-    (retry,) = again.actions
+    (retry,) = alice.receive(refusal("notFound", batch)).actions
     assert isinstance(retry, Signals) and retry.signals == batch.signals[:1]
+
+
+def test_a_batch_refused_before_its_absent_recipient_is_seen_to_go_waits_for_it() -> None:
+    """In a cluster roomd's refusal can come before the userLeft it saw: resent after it."""
+    alice, relay = created_room()
+    batch = rotated_for(alice, relay, "bob", "carol")
+    # Sent now, it would be refused again: carol is still listed here.
+    assert alice.receive(refusal("notFound", batch)).actions == ()
+    (retry,) = alice.receive(UserLeft(ROOM, "carol", "disconnected")).actions
+    assert isinstance(retry, Signals) and retry.signals == batch.signals[:1]
+    # Sent once: later departures send nothing more.
+    assert alice.receive(UserLeft(ROOM, "bob", "disconnected")).actions == ()
+
+
+def test_the_refusal_of_an_older_batch_resends_that_batch_not_the_newest() -> None:
+    """Each refusal names its frame: bob's catch-up batch goes again, not carol's."""
+    alice, relay = created_room()
+    bobs = rotated_for(alice, relay, "bob")
+    # A newer batch goes out: carol's delivery after her knock.
+    assert invite(alice, relay, "carol").current_key() is not None
+    # roomd refused the older one, which also named dave, who is gone.
+    bob_and_dave = Signals(ROOM, (*bobs.signals, ("dave", b"for dave")))
+    (retry,) = alice.receive(refusal("notFound", bob_and_dave)).actions
+    assert isinstance(retry, Signals) and retry.signals == bobs.signals
+
+
+@pytest.mark.parametrize("code", ["rateLimited", "unavailable"])
+def test_a_batch_refused_for_now_goes_again_as_it_was(code: str) -> None:
+    """rateLimited or unavailable: roomd did nothing, so the same signals go again."""
+    alice, relay = created_room()
+    batch = rotated_for(alice, relay, "bob", "carol")
+    again = alice.receive(refusal(code, batch, retry_after=0.5))
+    assert [type(e) for e in again.events] == [ErrorEvent]
+    (retry,) = again.actions
+    assert isinstance(retry, Signals) and retry.signals == batch.signals
+
+
+def test_a_knock_refused_for_now_is_sent_again_and_admits() -> None:
+    """A joiner's knock refused by the rate limit goes again, and the host admits it."""
+    alice, relay = created_room()
+    secret = alice.invite_secret
+    assert secret is not None
+    bob = new_room("bob", secret)
+    alice.receive(UserJoined(ROOM, "bob", bob.public_key))
+    (knock,) = bob.receive(joined(bob, "alice", alice)).actions
+    assert isinstance(knock, Signals) and [to for to, _ in knock.signals] == ["alice"]
+    (again,) = bob.receive(refusal("rateLimited", knock, retry_after=0.2)).actions
+    relay.rooms["bob"] = bob
+    relay.carry("bob", Outcome(actions=(again,)))
+    assert Admitted(ROOM, "bob") in relay.shown["alice"]
+
+
+def test_other_refusals_of_a_batch_send_nothing() -> None:
+    """A refusal resending cannot mend (badRequest, forbidden) is shown, not retried."""
+    alice, relay = created_room()
+    batch = rotated_for(alice, relay, "bob")
+    for code in ("badRequest", "forbidden", "tooLarge"):
+        outcome = alice.receive(refusal(code, batch))
+        assert outcome.actions == () and [e.code for e in outcome.events] == [code]  # type: ignore[union-attr]
 
 
 def test_a_rotation_that_could_not_be_sent_is_made_on_the_next_join_as_host() -> None:
