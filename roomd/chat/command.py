@@ -10,6 +10,10 @@
   at every reconnect so that a long chat outlives a token;
 - `--invite LINK` joins that room; without it the chat creates one.
 
+`ROOMD_TOKEN` and `ROOMD_INVITE` stand in for `--token` and `--invite`, so
+that neither secret need be in the command line, which any local user can
+read (`ps`); a flag wins over its variable.
+
 textual is imported only when a chat runs, so `roomd serve` does not load it.
 """
 
@@ -36,6 +40,8 @@ from roomd.errors import ConfigError, ProtocolError
 DEFAULT_URL = "ws://127.0.0.1:8765/v1"
 DEFAULT_DATA_DIR = "roomd-data"
 DATA_DIR_ENV = "ROOMD_DATA_DIR"
+TOKEN_ENV = "ROOMD_TOKEN"
+INVITE_ENV = "ROOMD_INVITE"
 USAGE_STATUS = 2
 
 
@@ -86,7 +92,9 @@ def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"roomd's WebSocket URL (default: the --invite ws:// link's, else {DEFAULT_URL})",
     )
     parser.add_argument(
-        "--token", default=None, help="a token for roomd (default: mint one, see --data-dir)"
+        "--token",
+        default=None,
+        help=f"a token for roomd [{TOKEN_ENV}; default: mint one, see --data-dir]",
     )
     parser.add_argument(
         "--invite",
@@ -94,7 +102,7 @@ def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="LINK",
         help="join the room of this invite link (ws://HOST:PORT/v1#room=...&secret=... or "
-        "the demo page's http(s)://HOST:PORT/demo#...) instead of creating a room",
+        f"the demo page's http(s)://HOST:PORT/demo#...) instead of creating a room [{INVITE_ENV}]",
     )
     parser.add_argument(
         "--data-dir",
@@ -116,18 +124,29 @@ def options_from_args(args: argparse.Namespace) -> ChatOptions:
 
     Reads the token secret (never creates one: a new secret would match no
     running roomd). Raises `UsageError` for flags that contradict each other,
-    a missing token secret, or a `--name` that is no valid AID.
+    a missing token secret, a `--name` that is no valid AID, or a malformed
+    `ROOMD_INVITE`.
     """
     invite: Invite | None = args.invite
+    if invite is None and os.environ.get(INVITE_ENV):
+        try:
+            invite = parse_invite(os.environ[INVITE_ENV])
+        except ValueError as exc:
+            # parse_invite's messages never quote the link, which holds the secret.
+            raise UsageError(f"{INVITE_ENV}: {exc}") from None
     url: str | None = args.url
     if url is None:
         url = DEFAULT_URL
         if invite is not None and invite.url.lower().startswith(("ws://", "wss://")):
             url = invite.url
+    minting = args.name is not None or args.data_dir is not None
     if args.token is not None:
-        if args.name is not None or args.data_dir is not None:
+        if minting:
             raise UsageError("--name and --data-dir mint a token: they do not go with --token")
         return ChatOptions(url, args.token, invite)
+    # Asked to mint (--name, --data-dir), the chat does so whatever ROOMD_TOKEN holds.
+    if not minting and os.environ.get(TOKEN_ENV):
+        return ChatOptions(url, os.environ[TOKEN_ENV], invite)
     return ChatOptions(url, _minted_token(args), invite)
 
 

@@ -36,9 +36,9 @@ DEMO_LINK = invite_link("https://chat.example/demo", ROOM, b"k" * 32)
 
 @pytest.fixture(autouse=True)
 def no_roomd_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Run without the caller's ROOMD_TOKEN_SECRET and ROOMD_DATA_DIR."""
-    monkeypatch.delenv("ROOMD_TOKEN_SECRET", raising=False)
-    monkeypatch.delenv("ROOMD_DATA_DIR", raising=False)
+    """Run without the caller's ROOMD_TOKEN_SECRET, ROOMD_DATA_DIR, ROOMD_TOKEN, ROOMD_INVITE."""
+    for name in ("ROOMD_TOKEN_SECRET", "ROOMD_DATA_DIR", "ROOMD_TOKEN", "ROOMD_INVITE"):
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture
@@ -102,6 +102,34 @@ def test_a_given_token_is_used_as_it_is() -> None:
     options = options_from_args(parse("--token", "tok.en"))
     assert options.token == "tok.en"
     assert "tok.en" not in repr(options)
+
+
+def test_the_token_and_link_can_come_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, data_dir: Path
+) -> None:
+    """ROOMD_TOKEN and ROOMD_INVITE keep the secrets out of argv; a flag wins over each."""
+    monkeypatch.setenv("ROOMD_TOKEN", "env.token")
+    monkeypatch.setenv("ROOMD_INVITE", WS_LINK)
+    options = options_from_args(parse())
+    assert options.token == "env.token"
+    assert options.invite is not None and options.invite.room_id == ROOM
+    assert options.url == "ws://chat.example:9000/v1"
+    flags = options_from_args(parse("--token", "flag.token", "--invite", DEMO_LINK))
+    assert flags.token == "flag.token"
+    assert flags.invite is not None and flags.invite.url == "https://chat.example/demo"
+    # Asked to mint, the chat mints: ROOMD_TOKEN does not contradict --name.
+    minted = options_from_args(parse("--name", "bob", "--data-dir", str(data_dir)))
+    assert isinstance(minted.token, MintedToken) and minted.token.aid == "bob"
+
+
+def test_a_malformed_link_in_the_environment_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bad ROOMD_INVITE is named in the error, and its secret is not quoted."""
+    monkeypatch.setenv("ROOMD_INVITE", "ws://h/v1#room=r&secret=" + "x" * 10)
+    with pytest.raises(UsageError, match="ROOMD_INVITE: an invite link") as refused:
+        options_from_args(parse("--token", "t"))
+    assert "x" * 10 not in str(refused.value)
 
 
 @pytest.mark.parametrize(
