@@ -1,4 +1,4 @@
-"""The pieces of a request's life: its waiter, and the delays between reconnects."""
+"""A request's life: its waiter, all that awaits roomd, and the delays between reconnects."""
 
 from __future__ import annotations
 
@@ -8,9 +8,14 @@ from collections.abc import Callable
 import anyio
 import attrs
 
-from roomd.client.events import Event
+from roomd.client.events import Event, NewMessage
+from roomd.client.session import Frame
 
 Match = Callable[[Event], bool]
+
+# Frames sent without waiting for a reply, remembered by id so that an error answering
+# one can name it; roomd answers within a round trip, so the newest few suffice.
+FIRED_REMEMBERED = 64
 
 
 @attrs.define
@@ -43,3 +48,65 @@ class Waiter:
         if not self.done.is_set():
             self.result = result
             self.done.set()
+
+
+@attrs.define
+class Pending:
+    """All that awaits roomd on one client: replies by request id, events by match,
+    message echoes by `clientMsgId`, and the last frames sent without a waiter."""
+
+    by_id: dict[int, Waiter] = attrs.field(factory=dict)
+    matchers: list[Waiter] = attrs.field(factory=list)
+    echoes: dict[str, Waiter] = attrs.field(factory=dict)
+    fired: dict[int, Frame] = attrs.field(factory=dict)
+
+    def sent(self, request_id: int, frame: Frame, waiter: Waiter | None) -> None:
+        """Record `frame`, about to go out as `request_id`.
+
+        Its direct reply will go to `waiter`; without one, a refusal of it can
+        still be told what it refused (`fired_frame`), for the newest
+        `FIRED_REMEMBERED` such frames.
+        """
+        if waiter is not None:
+            self.by_id[request_id] = waiter
+            return
+        self.fired[request_id] = frame
+        if len(self.fired) > FIRED_REMEMBERED:
+            del self.fired[next(iter(self.fired))]
+
+    def reply_waiter(self, request_id: int | None) -> Waiter | None:
+        """Return (and forget) the waiter of `request_id`'s direct reply, if any awaits it."""
+        return None if request_id is None else self.by_id.pop(request_id, None)
+
+    def fired_frame(self, request_id: int | None) -> Frame | None:
+        """Return (and forget) the frame sent without a waiter as `request_id`, if remembered."""
+        return None if request_id is None else self.fired.pop(request_id, None)
+
+    def passed_on(self, event: Event, me: str | None) -> None:
+        """Settle what `event`, passed on to the application, shows done."""
+        if isinstance(event, NewMessage) and event.client_msg_id is not None:
+            echo = self.echoes.get(event.client_msg_id)
+            if echo is not None and event.sender == me:
+                echo.resolve(event)
+        for waiter in list(self.matchers):
+            assert waiter.match is not None
+            if waiter.match(event):
+                waiter.resolve(event)
+
+    def connection_lost(self, lost: BaseException) -> None:
+        """Fail every request awaiting a reply on the lost connection with `lost`.
+
+        A message is not lost with its connection: the rejoin settles it.
+        """
+        echoes = set(self.echoes.values())
+        for waiter in self.by_id.values():
+            if waiter not in echoes:
+                waiter.resolve(lost)
+        self.by_id.clear()
+        self.fired.clear()
+
+    def stopped(self, exc: BaseException) -> None:
+        """Fail everything that awaits, messages included, with `exc`: no rejoin comes."""
+        self.connection_lost(exc)
+        for waiter in self.echoes.values():
+            waiter.resolve(exc)
