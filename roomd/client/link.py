@@ -58,18 +58,20 @@ class Link:
     """The connection of one client to roomd, kept up across drops."""
 
     url: str
-    _token: TokenSource
+    # The token, the frames awaiting an answer (blobs) and the unechoed messages stay
+    # out of the repr: a traceback that shows locals must not print them.
+    _token: TokenSource = attrs.field(repr=False)
     _ssl_context: ssl.SSLContext | None
     _backoff: Backoff
-    _events_send: anyio.abc.ObjectSendStream[Event]
-    events: anyio.abc.ObjectReceiveStream[Event]
-    session: ClientSession = attrs.field(factory=ClientSession)
+    _events_send: anyio.abc.ObjectSendStream[Event] = attrs.field(repr=False)
+    events: anyio.abc.ObjectReceiveStream[Event] = attrs.field(repr=False)
+    session: ClientSession = attrs.field(factory=ClientSession, repr=False)
     hello: Hello | None = None
-    _websocket: WebSocket | None = None
+    _websocket: WebSocket | None = attrs.field(default=None, repr=False)
     _ready: anyio.Event = attrs.field(factory=anyio.Event)
     _stopped: BaseException | None = None
-    _ids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
-    _pending: Pending = attrs.field(factory=Pending)
+    _ids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1), repr=False)
+    _pending: Pending = attrs.field(factory=Pending, repr=False)
     _pacer: Pacer = attrs.field(factory=lambda: Pacer.from_limits(10.0, 30.0))
     _pacing: anyio.Lock = attrs.field(factory=anyio.Lock)
     _replayed: anyio.Event = attrs.field(factory=anyio.Event)
@@ -164,25 +166,30 @@ class Link:
         request_id = next(self._ids)
         if waiter is not None:
             waiter.public_key = public_key
-        # Before sending: the reader may take roomd's answer before this task resumes.
-        self._pending.sent(request_id, frame, waiter)
+            self._pending.expect_reply(request_id, waiter)
         websocket = self._websocket
         if websocket is None:
             raise ConnectionLost("not connected")
         try:
-            await self._paced_send(websocket, {**frame, "id": request_id})
+            await self._paced_send(websocket, {**frame, "id": request_id}, fired=waiter is None)
         except ConnectionClosed as exc:
             raise ConnectionLost(f"connection lost: {exc}") from None
         return request_id
 
-    async def _paced_send(self, websocket: WebSocket, frame: Frame) -> None:
+    async def _paced_send(self, websocket: WebSocket, frame: Frame, *, fired: bool = False) -> None:
         # One sender at a time: concurrent callers must queue behind the bucket, not
         # each see it empty, and their frames go out in the order they were paced.
         async with self._pacing:
+            # Asked again after each wait: a `retryAfter` may have held the pacer meanwhile.
             delay = self._pacer.delay(anyio.current_time())
-            if delay > 0:
+            while delay > 0:
                 await anyio.sleep(delay)
+                delay = self._pacer.delay(anyio.current_time())
             self._pacer.take(anyio.current_time())
+            if fired:
+                # Remembered once paced, so the newest remembered are the newest sent, and
+                # before sending: the reader may take roomd's answer before this resumes.
+                self._pending.remember_fired(frame)
             await websocket.send(cbor2.dumps(frame))
 
     async def _wait_ready(self) -> None:

@@ -48,6 +48,8 @@ from roomd.client.secure_room import (
 
 # How long `send` waits for the room key of the room's epoch before giving up.
 KEY_WAIT = 30.0
+# A room whose key stays missing this long (seen missing twice this far apart) knocks again.
+KNOCK_AGAIN = 3.0
 EVENT_BUFFER = 10_000
 
 
@@ -60,11 +62,13 @@ class SecureClient:
     """A `Client` whose rooms are end-to-end encrypted. Make one with `connect_secure`."""
 
     client: Client
-    device: X25519PrivateKey
-    _events_send: anyio.abc.ObjectSendStream[SecureEvent]
-    _events_recv: anyio.abc.ObjectReceiveStream[SecureEvent]
+    # Keys and invite secrets stay out of the repr: a traceback that shows locals
+    # must not print them (each SecureRoom's repr leaves its own out).
+    device: X25519PrivateKey = attrs.field(repr=False)
+    _events_send: anyio.abc.ObjectSendStream[SecureEvent] = attrs.field(repr=False)
+    _events_recv: anyio.abc.ObjectReceiveStream[SecureEvent] = attrs.field(repr=False)
     rooms: dict[str, SecureRoom] = attrs.field(factory=dict)
-    _invited: dict[str, list[bytes]] = attrs.field(factory=dict)
+    _invited: dict[str, list[bytes]] = attrs.field(factory=dict, repr=False)
     _keys_changed: anyio.Event = attrs.field(factory=anyio.Event)
 
     @property
@@ -194,6 +198,20 @@ class SecureClient:
                 await self._keys_changed.wait()
         raise NoRoomKey(f"no key of room '{room_id}' for its current epoch")
 
+    async def _knock_again(self) -> None:
+        """Knock again, every `KNOCK_AGAIN` s, in each room whose key stays missing."""
+        lacking: set[str] = set()
+        while True:
+            await anyio.sleep(KNOCK_AGAIN)
+            before, lacking = lacking, set()
+            for room in list(self.rooms.values()):
+                outcome = room.knock_again()
+                if not outcome.actions:
+                    continue
+                lacking.add(room.room_id)
+                if room.room_id in before:
+                    await self._perform(room, outcome.actions)
+
     async def _pump(self) -> None:
         """Feed every client event to its room; pass on what shows, do what it sets off.
 
@@ -282,6 +300,7 @@ async def connect_secure(
         ):
             secure = SecureClient(client, device, events_send, events_recv)
             tasks.start_soon(secure._pump)
+            tasks.start_soon(secure._knock_again)
             try:
                 yield secure
             finally:

@@ -19,8 +19,10 @@ clock.
   `roomKeyUpdated` confirms the rotation, it delivers the new key to every
   admitted member still present, in one batch; a batch roomd refuses because
   one recipient left goes again without them (once this client has seen them
-  go), and one refused with `rateLimited` or `unavailable` goes again as it was
-  (the shell holds its sends for `retryAfter`).
+  go), and one refused with `rateLimited` or `unavailable` goes again to those
+  still present (the shell holds its sends for `retryAfter`), three sends in
+  all. A member whose key stays missing knocks again when the shell asks
+  (`knock_again`).
 - A delivery is taken only from the current host, sealed by the public key
   the room lists for it. A message whose key is not held yet is reported
   `Unreadable` and read (reported as a `Message` with the same `seq`) when the
@@ -50,6 +52,11 @@ from roomd.client.plaintext import Reaction, Text, decode_body
 DELIVERED_EPOCHS = 16
 # A joiner knocks with at most this many of the invite secrets it holds.
 KNOCK_SECRETS = 4
+# A batch of signals refused for now (rateLimited, unavailable) goes at most this many
+# times in all; a member still without the room's key knocks again anyway (`knock_again`).
+SIGNAL_TRIES = 3
+# Batches resent after such a refusal whose tries are counted (the oldest forgotten first).
+COUNTED_BATCHES = 64
 ROTATING_REASONS = frozenset({"left", "kicked"})
 
 
@@ -165,6 +172,8 @@ class SecureRoom:
     # Signals of a batch roomd refused because a recipient had gone, kept until this
     # client sees that recipient go too; then the rest go again.
     _refused: tuple[tuple[str, bytes], ...] = attrs.field(default=(), repr=False)
+    # How many times each batch resent after a refusal for now has gone.
+    _tries: dict[tuple[tuple[str, bytes], ...], int] = attrs.field(factory=dict, repr=False)
     _held: dict[int, list[NewMessage]] = attrs.field(factory=dict, repr=False)
     # Secrets a kick retired: they still let an admitted member back from an absence
     # knock, never anyone new.
@@ -189,7 +198,8 @@ class SecureRoom:
         """Return what `event`, the room's next event, shows and sets off."""
         match event:
             case Joined():
-                return self._joined(event)
+                joined = self._joined(event)
+                return Outcome(joined.events, joined.actions + self._resend_after_join())
             case NewMessage():
                 return Outcome(self._read(event))
             case Signal():
@@ -226,6 +236,18 @@ class SecureRoom:
         """
         self.key_epoch = current
 
+    def knock_again(self) -> Outcome:
+        """Knock to the host again if this client lacks the key of the room's epoch.
+
+        The shell calls it when the key has stayed missing a while: a delivery
+        roomd dropped (a rate limit answers only its first refusal) or one
+        given up after `SIGNAL_TRIES` leaves a member without it, and the host
+        answers every matching knock.
+        """
+        if self.host == self.me or self.current_key() is not None:
+            return Outcome()
+        return Outcome(actions=self._knock())
+
     def rotation_failed(self) -> None:
         """The shell could not send the rotation (the connection dropped, roomd is away).
 
@@ -241,7 +263,6 @@ class SecureRoom:
         self.host = event.host
         self.members = {m.aid: m.public_key for m in event.members}
         self.key_epoch = event.key_epoch  # roomd's order decides, even after it lost data
-        self._refused = ()  # whoever still needs a key knocks again to this connection
         events: tuple[SecureEvent, ...] = (event,)
         if event.encrypted_room_key is not None and event.key_epoch not in self.keys:
             self._open_sealed(event.key_epoch, event.encrypted_room_key)
@@ -355,14 +376,30 @@ class SecureRoom:
         )
         present = tuple((aid, payload) for aid, payload in refused if aid in self.members)
         if error.retryable:
-            return Outcome((error,), _batch(self.room_id, present))
+            # Shown only when given up: the application sent none of these signals.
+            tries = self._tries.pop(refused, 1) + 1
+            if not present or tries > SIGNAL_TRIES:
+                return Outcome((error,))
+            self._tries[present] = tries
+            if len(self._tries) > COUNTED_BATCHES:
+                del self._tries[next(iter(self._tries))]
+            return Outcome(actions=_batch(self.room_id, present))
         if error.code != "notFound":
             return Outcome((error,))
         # roomd refuses a whole batch when one recipient has gone (PROTOCOL.md 8.6). Once
         # this client has seen them go too, the rest goes again; until then resending
         # would be refused the same way (in a cluster the refusal can come first).
         self._refused += tuple(signal for signal in refused if signal not in self._refused)
-        return Outcome((error,), self._resend_refused())
+        return Outcome(actions=self._resend_refused())
+
+    def _resend_after_join(self) -> tuple[Action, ...]:
+        # The joinSuccess lists who is present now: a host's refused deliveries go to
+        # those of them it lists; a member's old knocks are replaced by the join's own.
+        refused, self._refused = self._refused, ()
+        self._tries.clear()
+        if self.host != self.me:
+            return ()
+        return _batch(self.room_id, tuple(s for s in refused if s[0] in self.members))
 
     def _resend_refused(self) -> tuple[Action, ...]:
         present = tuple((aid, payload) for aid, payload in self._refused if aid in self.members)

@@ -60,17 +60,16 @@ class Pending:
     echoes: dict[str, Waiter] = attrs.field(factory=dict)
     fired: dict[int, Frame] = attrs.field(factory=dict)
 
-    def sent(self, request_id: int, frame: Frame, waiter: Waiter | None) -> None:
-        """Record `frame`, about to go out as `request_id`.
+    def expect_reply(self, request_id: int, waiter: Waiter) -> None:
+        """Give the direct reply to the frame sent as `request_id` to `waiter`."""
+        self.by_id[request_id] = waiter
 
-        Its direct reply will go to `waiter`; without one, a refusal of it can
-        still be told what it refused (`fired_frame`), for the newest
-        `FIRED_REMEMBERED` such frames.
+    def remember_fired(self, frame: Frame) -> None:
+        """Remember `frame` (with its `id`), sent with no waiter, so a refusal can name it.
+
+        The newest `FIRED_REMEMBERED` such frames are remembered.
         """
-        if waiter is not None:
-            self.by_id[request_id] = waiter
-            return
-        self.fired[request_id] = frame
+        self.fired[frame["id"]] = frame
         if len(self.fired) > FIRED_REMEMBERED:
             del self.fired[next(iter(self.fired))]
 

@@ -19,10 +19,12 @@ import anyio
 import attrs
 import pytest
 
+from roomd.client import e2ee
 from roomd.client.client import Client, RequestError, connect
 from roomd.client.events import Event, NewMessage, Signal, UserLeft
 from roomd.client.invite import invite_link
-from roomd.client.secure import SecureClient, connect_secure
+from roomd.client.plaintext import Text, encode_body
+from roomd.client.secure import KNOCK_AGAIN, SecureClient, connect_secure
 from roomd.client.secure_room import (
     Admitted,
     KeyRotated,
@@ -127,6 +129,11 @@ async def test_encrypted_conversation_shows_roomd_only_blobs(roomd: RoomdProcess
         unread = await until(eve, Unreadable, lambda e: e.seq == 4)
         assert unread.reason == "no key yet"
         assert eve.rooms[room].keys == {}
+        # No key or invite secret shows in a repr (a traceback may print locals).
+        secrets = [*alice.rooms[room].keys.values(), *bob.rooms[room].secrets]
+        assert secrets
+        for client in (alice, bob):
+            assert not any(repr(secret) in repr(client) for secret in secrets)
         tasks.cancel_scope.cancel()
 
     assert [e.seq for e in seen_by_observer if isinstance(e, NewMessage)] == [1, 2, 3, 4]
@@ -333,3 +340,51 @@ async def test_a_send_without_the_current_key_waits_for_the_delivery(roomd: Room
             echo = await host.next_event(lambda e: isinstance(e, NewMessage) and e.sender == "dana")
         assert isinstance(echo, NewMessage) and echo.key_epoch == 2
         assert e2ee.decrypt_message(key2, room, "dana", 2, echo.iv or b"", echo.ciphertext)
+
+
+async def test_a_member_whose_key_never_came_knocks_again(roomd: RoomdProcess) -> None:
+    """A delivery lost on the way: the member knocks again and reads once the key comes.
+
+    The host here is scripted with the SDK's E2EE.md primitives over a plain
+    client, so it can leave bob's first knock after the rotation unanswered.
+    """
+    device = e2ee.new_device_key()
+    async with (
+        connect(roomd.url, token=token("alice")) as alice,
+        connect_secure(roomd.url, token=token("bob")) as bob,
+    ):
+        room = (await alice.create_room(public_key=e2ee.public_bytes(device))).room_id
+        first_key, secret = e2ee.new_secret(), e2ee.new_secret()
+        await alice.update_room_key(room, e2ee.seal_room_key(secret, room, 1, first_key), 1)
+        await bob.join(invite_link(roomd.url, room, secret))
+        assert (await bob.wait_key(room)) == (1, first_key)  # opened from the link's sealed key
+
+        def from_bob(event: Event) -> bool:
+            return isinstance(event, Signal) and event.sender == "bob"
+
+        with anyio.fail_after(WAIT):
+            await alice.next_event(from_bob)  # the knock of bob's join, left unanswered
+
+        # Rotated under a secret bob never saw: only a delivery gives him epoch 2.
+        second_key = e2ee.new_secret()
+        sealed = e2ee.seal_room_key(e2ee.new_secret(), room, 2, second_key)
+        await alice.update_room_key(room, sealed, 2)
+        rotated = anyio.current_time()
+        with anyio.fail_after(WAIT):
+            knock = await alice.next_event(from_bob)
+        assert isinstance(knock, Signal)
+        asked = e2ee.read_knock(knock.payload)
+        bob_public = bob.rooms[room].public_key
+        assert e2ee.knock_matches(asked, secret, room, "bob", bob_public)
+        assert asked.next_epoch == 2
+        # Not at once: only once the key has stayed missing (seen so at two checks).
+        assert anyio.current_time() - rotated >= KNOCK_AGAIN - 0.5
+
+        delivery = e2ee.deliver_key(device, bob_public, room, 2, second_key)
+        await alice.signal(room, [("bob", delivery)])
+        assert (await bob.wait_key(room)) == (2, second_key)
+        iv, ciphertext = e2ee.encrypt_message(
+            second_key, room, "alice", 2, encode_body(Text("read at last", 1))
+        )
+        await alice.send_message(room, ciphertext, iv=iv, key_epoch=2)
+        assert (await until(bob, Message, lambda m: m.key_epoch == 2)).text == "read at last"
