@@ -360,6 +360,31 @@ def test_a_knock_refused_for_now_is_sent_again_after_retry_after(
     assert knocks[1] - refused[0] >= 0.3
 
 
+def test_a_member_whose_delivery_was_lost_knocks_again(open_demo: OpenDemo) -> None:
+    """The rotation's key delivery to B never arrives: B knocks again and gets the key."""
+    tap = Tap()
+    a = open_demo()
+    link = a.create_room()
+    b, c = open_demo(link, prepare=tap.prepare), open_demo(link)
+    b_aid, c_aid = b.aid, c.aid
+    for page in (b, c):
+        page.wait_key(1)
+    wait_admitted(a, b_aid, c_aid)
+    knocks_before = sum(f.get("type") == "signal" for _, f in tap.up)
+    tap.hold_down["signal"] = 1  # lost on the way: the next signal roomd sends B
+    a.page.click(f'#members button.kick[data-aid="{c_aid}"]')
+    a.wait_key(2)
+    wait_for(b.page, lambda: len(tap.held) == 1, "the delivery to be lost")
+    # Missing at two checks 3 s apart, then a knock, a delivery: well inside 15 s.
+    b.page.wait_for_function(
+        "() => window.roomdDemo.snapshot().keys['2'] !== undefined", timeout=15_000
+    )
+    b.wait_key(2)
+    assert sum(f.get("type") == "signal" for _, f in tap.up) == knocks_before + 1
+    a.send("after the lost delivery")
+    b.wait_message(a.aid, "after the lost delivery")
+
+
 def test_a_burst_of_messages_is_paced_under_the_rate_limit(open_demo: OpenDemo) -> None:
     """Forty messages at once go out paced by hello.limits: each arrives once, and roomd
     refuses fewer than the ten it would refuse of an unpaced burst (none, unless stalled)."""
