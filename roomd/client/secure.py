@@ -48,8 +48,8 @@ from roomd.client.secure_room import (
 
 # How long `send` waits for the room key of the room's epoch before giving up.
 KEY_WAIT = 30.0
-# A room whose key stays missing this long (seen missing twice this far apart) knocks again.
-KNOCK_AGAIN = 3.0
+# How often each room is asked whether its missing key calls for a knock (`knock_again`).
+KNOCK_CHECK = 1.0
 EVENT_BUFFER = 10_000
 
 
@@ -199,17 +199,13 @@ class SecureClient:
         raise NoRoomKey(f"no key of room '{room_id}' for its current epoch")
 
     async def _knock_again(self) -> None:
-        """Knock again, every `KNOCK_AGAIN` s, in each room whose key stays missing."""
-        lacking: set[str] = set()
+        """Ask each room, every `KNOCK_CHECK` s, whether its missing key calls for a knock."""
         while True:
-            await anyio.sleep(KNOCK_AGAIN)
-            before, lacking = lacking, set()
-            for room in list(self.rooms.values()):
-                outcome = room.knock_again()
-                if not outcome.actions:
-                    continue
-                lacking.add(room.room_id)
-                if room.room_id in before:
+            await anyio.sleep(KNOCK_CHECK)
+            for room_id, room in list(self.rooms.items()):
+                outcome = room.knock_again(anyio.current_time())
+                # Left meanwhile (an earlier room's knock waited for the pacer): no knock.
+                if outcome.actions and self.rooms.get(room_id) is room:
                     await self._perform(room, outcome.actions)
 
     async def _pump(self) -> None:
@@ -242,10 +238,14 @@ class SecureClient:
         if room_id is None:
             return None
         room = self.rooms.get(room_id)
-        if room is None and isinstance(event, Joined):
+        if isinstance(event, Joined):
             secrets = self._invited.pop(room_id, [])
-            room = SecureRoom(room_id, self.aid, self.device, secrets)
-            self.rooms[room_id] = room
+            if room is None:
+                room = SecureRoom(room_id, self.aid, self.device, secrets)
+                self.rooms[room_id] = room
+            else:
+                # Joined again by a new invite link: its secret knocks from now on too.
+                room.secrets.extend(s for s in secrets if s not in room.secrets)
         return room
 
     async def _perform(self, room: SecureRoom, actions: tuple[Action, ...]) -> None:

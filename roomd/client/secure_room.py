@@ -55,6 +55,10 @@ KNOCK_SECRETS = 4
 # A batch of signals refused for now (rateLimited, unavailable) goes at most this many
 # times in all; a member still without the room's key knocks again anyway (`knock_again`).
 SIGNAL_TRIES = 3
+# A member whose key of the room's epoch is missing knocks again after this many seconds,
+# then after twice as long each time, up to KNOCK_AGAIN_LONGEST.
+KNOCK_AGAIN = 3.0
+KNOCK_AGAIN_LONGEST = 60.0
 # Batches resent after such a refusal whose tries are counted (the oldest forgotten first).
 COUNTED_BATCHES = 64
 ROTATING_REASONS = frozenset({"left", "kicked"})
@@ -174,6 +178,9 @@ class SecureRoom:
     _refused: tuple[tuple[str, bytes], ...] = attrs.field(default=(), repr=False)
     # How many times each batch resent after a refusal for now has gone.
     _tries: dict[tuple[tuple[str, bytes], ...], int] = attrs.field(factory=dict, repr=False)
+    # When this client next knocks again while the key stays missing, and the wait after.
+    _knock_at: float | None = None
+    _knock_wait: float = KNOCK_AGAIN
     _held: dict[int, list[NewMessage]] = attrs.field(factory=dict, repr=False)
     # Secrets a kick retired: they still let an admitted member back from an absence
     # knock, never anyone new.
@@ -236,17 +243,36 @@ class SecureRoom:
         """
         self.key_epoch = current
 
-    def knock_again(self) -> Outcome:
-        """Knock to the host again if this client lacks the key of the room's epoch.
+    def knock_again(self, now: float) -> Outcome:
+        """Return a knock to the host if this client's key has stayed missing long enough.
 
-        The shell calls it when the key has stayed missing a while: a delivery
-        roomd dropped (a rate limit answers only its first refusal) or one
-        given up after `SIGNAL_TRIES` leaves a member without it, and the host
-        answers every matching knock.
+        The shell calls it every second or so. A member that lacks the key of
+        the room's epoch, and could be given it (a host with a usable listed
+        key, an invite secret to knock with), knocks `KNOCK_AGAIN` s after it
+        was first seen missing, then after twice as long each time, up to
+        `KNOCK_AGAIN_LONGEST`; a new epoch, host or join starts over. That
+        mends a delivery roomd dropped (a rate limit answers only its first
+        refusal) or one given up after `SIGNAL_TRIES`: the host answers every
+        matching knock.
         """
-        if self.host == self.me or self.current_key() is not None:
+        if (
+            self.host == self.me
+            or self.current_key() is not None
+            or not self.secrets
+            or not self._deliverable(self.host)
+        ):
+            self._knock_at = None
             return Outcome()
-        return Outcome(actions=self._knock())
+        if self._knock_at is None:
+            self._knock_at, self._knock_wait = now + KNOCK_AGAIN, KNOCK_AGAIN
+            return Outcome()
+        if now < self._knock_at:
+            return Outcome()
+        # From the room's epoch when this client holds later ones (a room roomd restored).
+        knocks = self._knock(min(max(self.keys, default=-1) + 1, self.key_epoch))
+        self._knock_wait = min(KNOCK_AGAIN_LONGEST, 2 * self._knock_wait)
+        self._knock_at = now + self._knock_wait
+        return Outcome(actions=knocks)
 
     def rotation_failed(self) -> None:
         """The shell could not send the rotation (the connection dropped, roomd is away).
@@ -305,6 +331,7 @@ class SecureRoom:
 
     def _key_updated(self, event: RoomKeyUpdated) -> Outcome:
         self.key_epoch = event.key_epoch
+        self._knock_at = None  # a new epoch: knocking again starts over
         rotation = self._rotation
         if rotation is not None and event.by == self.me and event.key_epoch == rotation.key_epoch:
             self._rotation = None
@@ -344,6 +371,8 @@ class SecureRoom:
         # The current host's delivery wins over a key this client already held for the
         # epoch: a room roomd lost and restored may reuse an epoch number.
         self.keys[delivery.epoch] = delivery.room_key
+        # A knock batch has no nonce: one retried and answered must not count against the next.
+        self._tries.clear()
         return Outcome(self._release(delivery.epoch))
 
     def _knocked(self, event: Signal) -> Outcome:
@@ -406,7 +435,8 @@ class SecureRoom:
         if len(present) == len(self._refused):
             return ()
         self._refused = ()
-        return _batch(self.room_id, present)
+        # A host no longer: its deliveries would be dropped, the new host's rotation delivers.
+        return _batch(self.room_id, present) if self.host == self.me else ()
 
     def _deliverable(self, aid: str) -> bool:
         key = self.members.get(aid)
@@ -460,8 +490,10 @@ class SecureRoom:
             except e2ee.E2EEError:
                 continue
 
-    def _knock(self) -> tuple[Action, ...]:
-        next_epoch = max(self.keys, default=-1) + 1
+    def _knock(self, next_epoch: int | None = None) -> tuple[Action, ...]:
+        self._knock_at = None  # a knock of a join or host change: knocking again starts over
+        if next_epoch is None:
+            next_epoch = max(self.keys, default=-1) + 1
         knocks = tuple(
             (self.host, e2ee.knock(secret, self.room_id, self.me, self.public_key, next_epoch))
             for secret in self.secrets[-KNOCK_SECRETS:]

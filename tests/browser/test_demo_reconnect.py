@@ -375,12 +375,14 @@ def test_a_member_whose_delivery_was_lost_knocks_again(open_demo: OpenDemo) -> N
     a.page.click(f'#members button.kick[data-aid="{c_aid}"]')
     a.wait_key(2)
     wait_for(b.page, lambda: len(tap.held) == 1, "the delivery to be lost")
-    # Missing at two checks 3 s apart, then a knock, a delivery: well inside 15 s.
+    # A knock 3 s after the key is first seen missing, a delivery: well inside 15 s.
     b.page.wait_for_function(
         "() => window.roomdDemo.snapshot().keys['2'] !== undefined", timeout=15_000
     )
     b.wait_key(2)
-    assert sum(f.get("type") == "signal" for _, f in tap.up) == knocks_before + 1
+    # One knock again (a second only if the delivery took over 6 s): no storm.
+    knocks_again = sum(f.get("type") == "signal" for _, f in tap.up) - knocks_before
+    assert 1 <= knocks_again <= 2
     a.send("after the lost delivery")
     b.wait_message(a.aid, "after the lost delivery")
 

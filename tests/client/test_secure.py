@@ -24,8 +24,9 @@ from roomd.client.client import Client, RequestError, connect
 from roomd.client.events import Event, NewMessage, Signal, UserLeft
 from roomd.client.invite import invite_link
 from roomd.client.plaintext import Text, encode_body
-from roomd.client.secure import KNOCK_AGAIN, SecureClient, connect_secure
+from roomd.client.secure import SecureClient, connect_secure
 from roomd.client.secure_room import (
+    KNOCK_AGAIN,
     Admitted,
     KeyRotated,
     Message,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import attrs
 import pytest
 from hypothesis import given
@@ -481,15 +483,10 @@ def test_messages_held_for_a_key_are_read_when_a_rejoin_opens_its_sealed_key() -
     assert [(e.seq, e.text) for e in shown if isinstance(e, Message)] == [(1, "early")]
 
 
-def test_a_member_without_the_current_key_knocks_again_and_gets_it() -> None:
-    """A lost delivery: asked to knock again, a member lacking the key knocks, and reads."""
-    alice, relay = created_room()
+def lost_rotation(alice: SecureRoom, relay: Relay) -> SecureRoom:
+    """Return bob, admitted, after a rotation whose delivery to him was lost on the way."""
     bob = invite(alice, relay, "bob")
-    secret = alice.invite_secret
-    assert secret is not None
     carol = invite(alice, relay, "carol")
-    assert bob.knock_again() == Outcome()  # holds the key: nothing to ask for
-    # carol leaves; the rotation's delivery to bob is lost on the way.
     del relay.rooms["carol"]
     (update,) = alice.receive(UserLeft(ROOM, carol.me, "left")).actions
     assert isinstance(update, UpdateKey)
@@ -497,17 +494,71 @@ def test_a_member_without_the_current_key_knocks_again_and_gets_it() -> None:
     alice.receive(RoomKeyUpdated(ROOM, update.sealed, "alice", update.key_epoch))
     bob.receive(RoomKeyUpdated(ROOM, update.sealed, "alice", update.key_epoch))
     assert bob.current_key() is None
-    again = bob.knock_again()
+    return bob
+
+
+def test_a_member_without_the_current_key_knocks_again_and_gets_it() -> None:
+    """A lost delivery: 3 s after the key is first seen missing, bob knocks, and reads."""
+    alice, relay = created_room()
+    bob = lost_rotation(alice, relay)
+    assert bob.knock_again(100.0) == Outcome()  # first seen missing
+    assert bob.knock_again(102.9) == Outcome()
+    again = bob.knock_again(103.0)
     (knock,) = again.actions
     assert isinstance(knock, Signals) and {to for to, _ in knock.signals} == {"alice"}
     relay.carry("bob", again)
     assert bob.current_key() == alice.current_key()
-    assert bob.knock_again() == Outcome()
-    # The host never knocks, nor does a member that holds no invite secret.
-    assert alice.knock_again() == Outcome()
+    assert bob.knock_again(200.0) == Outcome()  # holds the key: nothing to ask for
+
+
+def test_knocking_again_backs_off_to_a_minute_and_starts_over_at_a_new_epoch() -> None:
+    """Knocks at 3, 9, 21, 45, 93 s..., at most a minute apart; a rotation starts over."""
+    alice, relay = created_room()
+    bob = lost_rotation(alice, relay)
+    knocked = [t for t in range(0, 400) if bob.knock_again(float(t)).actions]
+    assert knocked[:5] == [3, 9, 21, 45, 93]
+    assert {later - earlier for earlier, later in itertools.pairwise(knocked[4:])} == {60}
+    update = RoomKeyUpdated(ROOM, b"sealed", "alice", 3)
+    bob.receive(update)
+    assert bob.knock_again(400.0) == Outcome() and bob.knock_again(402.0) == Outcome()
+    assert bob.knock_again(403.0).actions
+
+
+def test_no_knock_again_where_no_key_could_come() -> None:
+    """The host never knocks; nor a member without an invite secret, nor to a keyless host."""
+    alice, relay = created_room()
+    lost_rotation(alice, relay)
+    alice.receive(RoomKeyUpdated(ROOM, b"sealed", "alice", 9))  # even lacking its key
     uninvited = new_room("eve")
-    uninvited.receive(joined(uninvited, "alice", alice, bob))
-    assert uninvited.knock_again() == Outcome()
+    uninvited.receive(joined(uninvited, "alice", alice))
+    secret = alice.invite_secret
+    assert secret is not None
+    dave = new_room("dave", secret)
+    keyless_host = Joined(
+        ROOM,
+        "dave",
+        "zed",
+        None,
+        (Member("zed", None), Member("dave", dave.public_key)),
+        0,
+        "ep",
+        1,
+        None,
+    )
+    dave.receive(keyless_host)
+    for room in (alice, uninvited, dave):
+        assert [room.knock_again(float(t)).actions for t in range(0, 100, 3)] == [()] * 34
+
+
+def test_a_knock_again_asks_from_the_rooms_epoch_after_a_restore() -> None:
+    """Holding later epochs than the room's (roomd restored it), the knock asks from its epoch."""
+    alice, relay = created_room()
+    bob = lost_rotation(alice, relay)
+    bob.keys[7] = b"k" * 32  # from before the room was restored, with reused epoch numbers
+    bob.knock_again(0.0)
+    (knock,) = bob.knock_again(3.0).actions
+    assert isinstance(knock, Signals)
+    assert {e2ee.read_knock(p).next_epoch for _, p in knock.signals} == {bob.key_epoch}
 
 
 def test_a_batch_refused_for_now_goes_at_most_three_times_then_is_shown() -> None:
