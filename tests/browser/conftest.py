@@ -143,6 +143,13 @@ class DemoPage:
         )
         return aids
 
+    def wait_admitted(self, *aids: str) -> None:
+        """Wait until this page, as host, has admitted every one of `aids`."""
+        self.page.wait_for_function(
+            "(aids) => aids.every((aid) => window.roomdDemo.snapshot().admitted.includes(aid))",
+            arg=list(aids),
+        )
+
     def wait_members(self, *aids: str) -> None:
         """Wait until the member list shows exactly `aids`, in that order."""
         self.page.wait_for_function(
@@ -189,3 +196,23 @@ def open_demo(browser: Browser, roomd: RoomdProcess) -> Iterator[OpenDemo]:
     finally:
         for context in contexts:
             context.close()
+
+
+Prepare = Callable[[Page], None]
+
+
+def three_tabs(
+    open_demo: OpenDemo, *, prepare_a: Prepare | None = None, prepare_b: Prepare | None = None
+) -> tuple[DemoPage, DemoPage, DemoPage, str]:
+    """Open A, who creates a room, and B and C by its invite link, both admitted at epoch 1.
+
+    Returns the three pages and the link.
+    """
+    a = open_demo(prepare=prepare_a)
+    link = a.create_room()
+    b = open_demo(link, prepare=prepare_b)
+    c = open_demo(link)
+    for page in (b, c):
+        page.wait_key(1)
+    a.wait_admitted(b.aid, c.aid)
+    return a, b, c, link

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from playwright.sync_api import Browser, Page, WebSocketRoute, expect
 
 from ..e2e_support import RECV_TIMEOUT, RoomdProcess, Silent, WsClient
-from .conftest import TIMEOUT_MS, WATCH_CSP, DemoPage, OpenDemo
+from .conftest import TIMEOUT_MS, WATCH_CSP, DemoPage, OpenDemo, three_tabs
 
 pytestmark = pytest.mark.e2e
 
@@ -173,17 +173,9 @@ def _next_message(observer: WsClient, sender: str, epoch: int) -> dict[str, Any]
 
 def test_kick_rotates(open_demo: OpenDemo, roomd: RoomdProcess) -> None:
     """After A kicks C the room rotates to epoch 2: B reads A's next text, C and the relay can't."""
-    a = open_demo()
-    link = a.create_room()
-    b, c = open_demo(link), open_demo(link)
+    # Only admitted members get rotated keys: A has admitted both.
+    a, b, c, _ = three_tabs(open_demo)
     a_aid, b_aid, c_aid = a.aid, b.aid, c.aid
-    for page in (b, c):
-        page.wait_key(1)
-    # Only admitted members get rotated keys: wait until A has admitted both.
-    a.page.wait_for_function(
-        "(aids) => aids.every((aid) => window.roomdDemo.snapshot().admitted.includes(aid))",
-        arg=[b_aid, c_aid],
-    )
     room_id = a.snapshot()["roomId"]
     a.send("before the kick")
     c.wait_message(a_aid, "before the kick")

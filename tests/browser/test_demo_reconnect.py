@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page, WebSocketRoute, expect
 
-from .conftest import TIMEOUT_MS, DemoPage, OpenDemo
+from .conftest import TIMEOUT_MS, DemoPage, OpenDemo, three_tabs
 
 pytestmark = pytest.mark.e2e
 
@@ -154,12 +154,23 @@ def wait_snapshot(demo: DemoPage, condition: str) -> None:
     )
 
 
-def wait_admitted(host: DemoPage, *aids: str) -> None:
-    """Wait until the host's page has admitted every one of `aids`."""
-    host.page.wait_for_function(
-        "(aids) => aids.every((aid) => window.roomdDemo.snapshot().admitted.includes(aid))",
-        arg=list(aids),
-    )
+def refuse_first(kind: str, code: str, refused: list[float]) -> Callable[[Frame], Frame | None]:
+    """Return a tap answer that refuses the first `kind` frame with `code` (retryAfter 0.3 s)."""
+
+    def answer(frame: Frame) -> Frame | None:
+        if frame.get("type") != kind or refused:
+            return None
+        refused.append(time.monotonic())
+        return {
+            "type": "error",
+            "code": code,
+            "message": "try again later",
+            "id": frame["id"],
+            "roomId": frame["roomId"],
+            "retryAfter": 0.3,
+        }
+
+    return answer
 
 
 def test_a_message_that_never_reached_roomd_is_sent_after_the_rejoin(open_demo: OpenDemo) -> None:
@@ -169,7 +180,7 @@ def test_a_message_that_never_reached_roomd_is_sent_after_the_rejoin(open_demo: 
     b = open_demo(a.create_room(), prepare=tap.prepare)
     b_aid = b.aid
     b.wait_key(1)
-    wait_admitted(a, b_aid)
+    a.wait_admitted(b_aid)
     tap.hold_up["message"] = 1
     b.send("lost with the connection")
     wait_for(b.page, lambda: len(tap.held) == 1, "the message to be held")
@@ -206,7 +217,7 @@ def test_a_message_roomd_ordered_but_never_echoed_is_not_sent_twice(
     b = open_demo(a.create_room(), prepare=tap.prepare)
     a_aid, b_aid = a.aid, b.aid
     b.wait_key(1)
-    wait_admitted(a, b_aid)
+    a.wait_admitted(b_aid)
     tap.hold_down["newMessage"] = 1
     b.send("ordered, not echoed")
     a.wait_message(b_aid, "ordered, not echoed")
@@ -246,13 +257,8 @@ def test_a_rotation_cut_short_by_a_drop_is_done_after_the_rejoin(
 ) -> None:
     """The host's connection drops mid-rotation after a kick: after its rejoin it rotates again."""
     tap = Tap()
-    a = open_demo(prepare=tap.prepare)
-    link = a.create_room()
-    b, c = open_demo(link), open_demo(link)
-    a_aid, b_aid, c_aid = a.aid, b.aid, c.aid
-    for page in (b, c):
-        page.wait_key(1)
-    wait_admitted(a, b_aid, c_aid)
+    a, b, c, link = three_tabs(open_demo, prepare_a=tap.prepare)
+    a_aid, c_aid = a.aid, c.aid
     (tap.hold_up if held == "updateRoomKey" else tap.hold_down)[held] = 1
     a.page.click(f'#members button.kick[data-aid="{c_aid}"]')
     wait_for(a.page, lambda: len(tap.held) == 1, f"{held} to be held")
@@ -276,7 +282,7 @@ def test_a_host_back_without_the_current_key_rotates(open_demo: OpenDemo) -> Non
     a = open_demo(b.create_room())
     a_aid, b_aid = a.aid, b.aid
     a.wait_key(1)
-    wait_admitted(b, a_aid)
+    b.wait_admitted(a_aid)
     tap.refuse = 1_000_000
     tap.drop()
     expect(a.page.locator("#members li[data-host=true]")).to_have_attribute("data-aid", a_aid)
@@ -299,29 +305,9 @@ def test_a_rotation_refused_for_now_is_tried_again_after_retry_after(
     """updateRoomKey answered rateLimited or unavailable: the host tries again after retryAfter."""
     tap = Tap()
     refused: list[float] = []
-
-    def refuse_first_update(frame: Frame) -> Frame | None:
-        if frame.get("type") != "updateRoomKey" or refused:
-            return None
-        refused.append(time.monotonic())
-        return {
-            "type": "error",
-            "code": code,
-            "message": "try again later",
-            "id": frame["id"],
-            "roomId": frame["roomId"],
-            "retryAfter": 0.3,
-        }
-
-    a = open_demo(prepare=tap.prepare)
-    link = a.create_room()
-    b, c = open_demo(link), open_demo(link)
-    b_aid, c_aid = b.aid, c.aid
-    for page in (b, c):
-        page.wait_key(1)
-    wait_admitted(a, b_aid, c_aid)
-    tap.answer = refuse_first_update
-    a.page.click(f'#members button.kick[data-aid="{c_aid}"]')
+    a, b, c, _ = three_tabs(open_demo, prepare_a=tap.prepare)
+    tap.answer = refuse_first("updateRoomKey", code, refused)
+    a.page.click(f'#members button.kick[data-aid="{c.aid}"]')
     for page in (a, b):
         page.wait_key(2)
     updates = [t for t, f in tap.up if f.get("type") == "updateRoomKey" and f["keyEpoch"] == 2]
@@ -337,24 +323,10 @@ def test_a_knock_refused_for_now_is_sent_again_after_retry_after(
     """A joiner's knock answered rateLimited or unavailable goes again, and the host admits."""
     tap = Tap()
     refused: list[float] = []
-
-    def refuse_first_knock(frame: Frame) -> Frame | None:
-        if frame.get("type") != "signal" or refused:
-            return None
-        refused.append(time.monotonic())
-        return {
-            "type": "error",
-            "code": code,
-            "message": "try again later",
-            "id": frame["id"],
-            "roomId": frame["roomId"],
-            "retryAfter": 0.3,
-        }
-
-    tap.answer = refuse_first_knock
+    tap.answer = refuse_first("signal", code, refused)
     a = open_demo()
     b = open_demo(a.create_room(), prepare=tap.prepare)
-    wait_admitted(a, b.aid)
+    a.wait_admitted(b.aid)
     knocks = [t for t, f in tap.up if f.get("type") == "signal"]
     assert len(refused) == 1 and len(knocks) == 2
     assert knocks[1] - refused[0] >= 0.3
@@ -363,16 +335,10 @@ def test_a_knock_refused_for_now_is_sent_again_after_retry_after(
 def test_a_member_whose_delivery_was_lost_knocks_again(open_demo: OpenDemo) -> None:
     """The rotation's key delivery to B never arrives: B knocks again and gets the key."""
     tap = Tap()
-    a = open_demo()
-    link = a.create_room()
-    b, c = open_demo(link, prepare=tap.prepare), open_demo(link)
-    b_aid, c_aid = b.aid, c.aid
-    for page in (b, c):
-        page.wait_key(1)
-    wait_admitted(a, b_aid, c_aid)
+    a, b, c, _ = three_tabs(open_demo, prepare_b=tap.prepare)
     knocks_before = sum(f.get("type") == "signal" for _, f in tap.up)
     tap.hold_down["signal"] = 1  # lost on the way: the next signal roomd sends B
-    a.page.click(f'#members button.kick[data-aid="{c_aid}"]')
+    a.page.click(f'#members button.kick[data-aid="{c.aid}"]')
     a.wait_key(2)
     wait_for(b.page, lambda: len(tap.held) == 1, "the delivery to be lost")
     # A knock 3 s after the key is first seen missing, a delivery: well inside 15 s.
