@@ -332,6 +332,62 @@ def test_a_knock_refused_for_now_is_sent_again_after_retry_after(
     assert knocks[1] - refused[0] >= 0.3
 
 
+def test_a_kick_retires_the_old_link_before_its_rotation_is_confirmed(
+    open_demo: OpenDemo,
+) -> None:
+    """While the kick's rotation awaits roomd's confirmation, a newcomer with the old link
+    (a kicked guest under a fresh AID, say) knocks in vain: it would get the new key."""
+    tap = Tap()
+    a, b, c, link = three_tabs(open_demo, prepare_a=tap.prepare)
+    tap.hold_down["roomKeyUpdated"] = 1  # A's rotation stays unconfirmed
+    a.page.click(f'#members button.kick[data-aid="{c.aid}"]')
+    wait_for(a.page, lambda: len(tap.held) == 1, "the rotation's confirmation to be held")
+    d = open_demo(link)
+    d_aid = d.aid
+
+    def knocked() -> bool:
+        return any(f.get("type") == "signal" and f.get("from") == d_aid for _, f in tap.down)
+
+    wait_for(a.page, knocked, "the newcomer's knock")
+    # A takes frames in order: once it shows B typing, it has taken D's knock.
+    b.page.fill("#message-input", "still here")
+    expect(a.page.locator("#typing")).to_have_attribute("data-typing", b.aid)
+    assert d_aid not in a.snapshot()["admitted"]
+
+
+def test_a_batch_refused_for_a_member_still_listed_waits_for_their_user_left(
+    open_demo: OpenDemo,
+) -> None:
+    """roomd refuses the rotation's batch (notFound) before A has seen C go, as in a cluster:
+    A resends it, without C, only once C's userLeft comes."""
+    tap = Tap()
+    refused: list[float] = []
+    a, b, c, link = three_tabs(open_demo, prepare_a=tap.prepare)
+    d = open_demo(link)
+    d.wait_key(1)
+    a.wait_admitted(d.aid)
+
+    def refuse_first_delivery(frame: Frame) -> Frame | None:
+        if frame.get("type") != "signal" or refused:
+            return None
+        refused.append(time.monotonic())
+        return {"type": "error", "code": "notFound", "message": "gone", "id": frame["id"]}
+
+    tap.answer = refuse_first_delivery
+    d.page.click("#leave")  # A rotates and delivers to B and C in one batch: refused
+    wait_for(a.page, lambda: bool(refused), "the batch to be refused")
+    c_aid = c.aid
+    c.page.click("#leave")  # and A rotates again, to epoch 3
+    b.wait_key(3)
+    assert "2" in b.snapshot()["keys"]  # the refused delivery came after all
+    left = next(t for t, f in tap.down if f.get("type") == "userLeft" and f["aid"] == c_aid)
+    # The first batch after the refusal: epoch 2's, without C, once C's userLeft came.
+    resent = next(f for t, f in tap.up if f.get("type") == "signal" and t >= refused[0])
+    assert [entry["to"] for entry in resent["signals"]] == [b.aid]
+    sent_at = next(t for t, f in tap.up if f is resent)
+    assert sent_at > left
+
+
 def test_a_member_whose_delivery_was_lost_knocks_again(open_demo: OpenDemo) -> None:
     """The rotation's key delivery to B never arrives: B knocks again and gets the key."""
     tap = Tap()
