@@ -205,8 +205,9 @@ class SecureRoom:
         """Return what `event`, the room's next event, shows and sets off."""
         match event:
             case Joined():
+                self._tries.clear()
                 joined = self._joined(event)
-                return Outcome(joined.events, joined.actions + self._resend_after_join())
+                return Outcome(joined.events, joined.actions + self._resend_refused(rejoined=True))
             case NewMessage():
                 return Outcome(self._read(event))
             case Signal():
@@ -406,7 +407,7 @@ class SecureRoom:
         present = tuple((aid, payload) for aid, payload in refused if aid in self.members)
         if error.retryable:
             # Shown only when given up: the application sent none of these signals.
-            tries = self._tries.pop(refused, 1) + 1
+            tries = self._tries.pop(refused, 1) + 1  # sends so far: 1 unless a resend
             if not present or tries > SIGNAL_TRIES:
                 return Outcome((error,))
             self._tries[present] = tries
@@ -421,18 +422,11 @@ class SecureRoom:
         self._refused += tuple(signal for signal in refused if signal not in self._refused)
         return Outcome(actions=self._resend_refused())
 
-    def _resend_after_join(self) -> tuple[Action, ...]:
-        # The joinSuccess lists who is present now: a host's refused deliveries go to
-        # those of them it lists; a member's old knocks are replaced by the join's own.
-        refused, self._refused = self._refused, ()
-        self._tries.clear()
-        if self.host != self.me:
-            return ()
-        return _batch(self.room_id, tuple(s for s in refused if s[0] in self.members))
-
-    def _resend_refused(self) -> tuple[Action, ...]:
+    def _resend_refused(self, *, rejoined: bool = False) -> tuple[Action, ...]:
+        # Once this client has seen the absent recipient go, or a joinSuccess has listed
+        # who is present, the refused signals go again to those present.
         present = tuple((aid, payload) for aid, payload in self._refused if aid in self.members)
-        if len(present) == len(self._refused):
+        if not rejoined and len(present) == len(self._refused):
             return ()
         self._refused = ()
         # A host no longer: its deliveries would be dropped, the new host's rotation delivers.
