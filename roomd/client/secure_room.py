@@ -269,8 +269,7 @@ class SecureRoom:
             return Outcome()
         if now < self._knock_at:
             return Outcome()
-        # From the room's epoch when this client holds later ones (a room roomd restored).
-        knocks = self._knock(min(max(self.keys, default=-1) + 1, self.key_epoch))
+        knocks = self._knock()
         self._knock_wait = min(KNOCK_AGAIN_LONGEST, 2 * self._knock_wait)
         self._knock_at = now + self._knock_wait
         return Outcome(actions=knocks)
@@ -484,10 +483,9 @@ class SecureRoom:
             except e2ee.E2EEError:
                 continue
 
-    def _knock(self, next_epoch: int | None = None) -> tuple[Action, ...]:
+    def _knock(self) -> tuple[Action, ...]:
         self._knock_at = None  # a knock of a join or host change: knocking again starts over
-        if next_epoch is None:
-            next_epoch = max(self.keys, default=-1) + 1
+        next_epoch = max(self.keys, default=-1) + 1
         knocks = tuple(
             (self.host, e2ee.knock(secret, self.room_id, self.me, self.public_key, next_epoch))
             for secret in self.secrets[-KNOCK_SECRETS:]

@@ -550,17 +550,6 @@ def test_no_knock_again_where_no_key_could_come() -> None:
         assert [room.knock_again(float(t)).actions for t in range(0, 100, 3)] == [()] * 34
 
 
-def test_a_knock_again_asks_from_the_rooms_epoch_after_a_restore() -> None:
-    """Holding later epochs than the room's (roomd restored it), the knock asks from its epoch."""
-    alice, relay = created_room()
-    bob = lost_rotation(alice, relay)
-    bob.keys[7] = b"k" * 32  # from before the room was restored, with reused epoch numbers
-    bob.knock_again(0.0)
-    (knock,) = bob.knock_again(3.0).actions
-    assert isinstance(knock, Signals)
-    assert {e2ee.read_knock(p).next_epoch for _, p in knock.signals} == {bob.key_epoch}
-
-
 def test_a_batch_refused_for_now_goes_at_most_three_times_then_is_shown() -> None:
     """rateLimited again and again: two resends (three sends in all), then the error shows."""
     alice, relay = created_room()
